@@ -1,0 +1,17 @@
+# One image for the web server, the Celery worker and Celery beat.
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+
+RUN useradd --create-home --uid 1000 portal
+COPY requirements.txt .
+RUN pip install --no-cache-dir -r requirements.txt
+
+COPY --chown=portal:portal . .
+RUN mkdir -p var && chown portal:portal var \
+ && DJANGO_SECRET_KEY=build-only DAYTONA_API_KEY=build-only python manage.py collectstatic --no-input
+
+USER portal
+EXPOSE 8000
+CMD ["uvicorn", "joepro.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]

@@ -1,0 +1,216 @@
+"""The JSON API: parse -> authorise -> call a service -> respond.
+
+Identity comes from the session only. Request bodies are parsed by schema; fields such as
+``userId`` or ``email`` in them are ignored, never trusted.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from django.http import HttpRequest, HttpResponse
+from ninja import NinjaAPI, Schema, Status
+from ninja.errors import AuthenticationError, HttpError, ValidationError
+from ninja.security import SessionAuth
+from pydantic import ConfigDict
+
+from . import services
+from .providers.base import ErrorKind, ProviderError
+
+log = logging.getLogger(__name__)
+
+
+class SessionUser(SessionAuth):
+    """Django's session, with CSRF enforced on unsafe methods of signed-in users.
+
+    Signed-out requests are refused (401) before the CSRF check, so they are told to sign in
+    rather than to reload the page.
+    """
+
+    def __call__(self, request: HttpRequest):
+        if not request.user.is_authenticated:
+            return None
+        return super().__call__(request)
+
+    def authenticate(self, request: HttpRequest, key):
+        user = request.user
+        return user if user.is_authenticated and user.is_active else None
+
+
+api = NinjaAPI(
+    title="JoePro Sandbox Portal API",
+    version="1.0",
+    description="One sandbox per signed-in user: launch it, poll it, keep it alive.",
+    auth=SessionUser(),
+    urls_namespace="api",
+)
+
+
+# --- schemas ----------------------------------------------------------------------------------
+
+
+class LaunchIn(Schema):
+    """The launch takes nothing from the body; unknown fields (userId, email...) are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Resources(Schema):
+    cpu: int
+    memoryGb: int
+    diskGb: int
+
+
+class ErrorDetail(Schema):
+    code: str
+    message: str
+
+
+class SandboxOut(Schema):
+    id: str | None
+    name: str
+    state: str
+    provider: str
+    resources: Resources
+    createdAt: str | None
+    lastStartedAt: str | None
+    lastActivityAt: str | None
+    lastError: ErrorDetail | None
+
+
+class SshOut(Schema):
+    command: str
+    token: str
+    host: str
+    port: int
+    expiresAt: str
+
+
+class PreviewOut(Schema):
+    url: str
+    port: int
+    expiresAt: str
+
+
+class TerminalOut(Schema):
+    url: str
+    expiresAt: str
+
+
+class AccessOut(Schema):
+    ssh: SshOut
+    preview: PreviewOut
+    terminal: TerminalOut
+
+
+class LaunchOut(Schema):
+    sandbox: SandboxOut
+    access: AccessOut
+
+
+class PendingOut(Schema):
+    sandbox: SandboxOut
+
+
+class ErrorOut(Schema):
+    error: ErrorDetail
+
+
+ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut, 503: ErrorOut}
+
+
+# --- errors -----------------------------------------------------------------------------------
+
+
+def error_response(status: int, code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
+    response = api.create_response(None, {"error": {"code": code, "message": message}}, status=status)
+    if retry_after is not None:
+        response["Retry-After"] = str(max(1, math.ceil(retry_after)))
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+PROVIDER_ERROR_STATUS = {
+    ErrorKind.RATE_LIMITED: (429, "rate_limited"),
+    ErrorKind.CONFLICT: (409, "conflict"),
+    ErrorKind.INVALID_STATE: (409, "conflict"),
+}
+
+
+@api.exception_handler(ProviderError)
+def on_provider_error(request, exc: ProviderError):
+    status, code = PROVIDER_ERROR_STATUS.get(exc.kind, (503, "provider_unavailable"))
+    retry_after = exc.retry_after if exc.retry_after is not None else (5 if status in (429, 503) else None)
+    return error_response(status, code, str(exc), retry_after=retry_after)
+
+
+SANDBOX_ERROR_STATUS = {"rate_limited": 429, "name_taken": 409}
+
+
+@api.exception_handler(services.SandboxError)
+def on_sandbox_error(request, exc: services.SandboxError):
+    status = SANDBOX_ERROR_STATUS.get(exc.code, 409)
+    return error_response(status, exc.code, exc.message, retry_after=exc.retry_after)
+
+
+@api.exception_handler(AuthenticationError)
+def on_unauthenticated(request, exc):
+    return error_response(401, "unauthenticated", "Sign in to use your sandbox.")
+
+
+@api.exception_handler(ValidationError)
+def on_invalid_request(request, exc: ValidationError):
+    return error_response(400, "invalid_request", "The request body is not valid JSON of the expected shape.")
+
+
+@api.exception_handler(HttpError)
+def on_http_error(request, exc: HttpError):
+    if exc.status_code == 403:
+        return error_response(403, "forbidden", "CSRF check failed: reload the page and try again.")
+    if exc.status_code == 400:
+        return error_response(400, "invalid_request", "The request body is not valid JSON.")
+    return error_response(exc.status_code, "error", str(exc))
+
+
+@api.exception_handler(Exception)
+def on_unexpected(request, exc: Exception):
+    log.exception("unexpected error in %s %s", request.method, request.path)
+    return error_response(503, "internal", "Something went wrong on our side. Please try again.", retry_after=5)
+
+
+# --- endpoints --------------------------------------------------------------------------------
+
+
+def _no_store(response: HttpResponse) -> None:
+    response["Cache-Control"] = "no-store"
+
+
+@api.post(
+    "/sandbox/create",
+    response={200: LaunchOut, 202: PendingOut, **ERRORS},
+    summary="Open the signed-in user's sandbox",
+    description="Creates the sandbox, resumes it if stopped, or reuses it if running, then returns access "
+    "(SSH token, preview URL, terminal URL). Answers 202 with the state while it is still starting; "
+    "poll GET /api/sandbox and call again.",
+)
+def sandbox_create(request, response: HttpResponse, payload: LaunchIn | None = None):
+    _no_store(response)
+    launch = services.sandbox_launch(user=request.auth)
+    if not launch.ready:
+        response["Retry-After"] = "2"
+        return Status(202, {"sandbox": launch.sandbox.to_dict()})
+    return Status(200, {"sandbox": launch.sandbox.to_dict(), "access": launch.access})
+
+
+@api.get(
+    "/sandbox",
+    response={200: PendingOut, **ERRORS},
+    summary="The signed-in user's sandbox and its state",
+)
+def sandbox_detail(request, response: HttpResponse):
+    _no_store(response)
+    sandbox = services.sandbox_status(user=request.auth)
+    if sandbox is None:
+        return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})
+    return Status(200, {"sandbox": sandbox.to_dict()})

@@ -1,0 +1,151 @@
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import models
+
+from .providers.base import RemoteState
+
+
+class SandboxState(models.TextChoices):
+    """The portal's own states. Remote states map onto them in :meth:`from_remote` only."""
+
+    PENDING = "pending", "Not created yet"
+    CREATING = "creating", "Creating"
+    STARTING = "starting", "Starting"
+    STARTED = "started", "Running"
+    STOPPING = "stopping", "Stopping"
+    STOPPED = "stopped", "Stopped"
+    ARCHIVED = "archived", "Archived"
+    ERROR = "error", "Error"
+    GONE = "gone", "Gone (recreated on next launch)"
+    UNKNOWN = "unknown", "Unknown"
+
+    @classmethod
+    def from_remote(cls, state: RemoteState | None) -> SandboxState:
+        if state is None or state is RemoteState.DESTROYING:
+            return cls.GONE
+        return cls(state.value)
+
+    @classmethod
+    def transitional(cls) -> set[SandboxState]:
+        return {cls.CREATING, cls.STARTING, cls.STOPPING}
+
+
+class Sandbox(models.Model):
+    """A user's one sandbox, as the portal last saw it."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sandbox")
+    provider = models.CharField(max_length=32, help_text="The backend that holds this sandbox.")
+    remote_name = models.CharField(max_length=128, unique=True)
+    remote_id = models.CharField(max_length=128, blank=True, db_index=True)
+    state = models.CharField(max_length=16, choices=SandboxState.choices, default=SandboxState.PENDING)
+    backend_state = models.CharField(max_length=32, blank=True, help_text="The provider's own word for the state.")
+    cpu = models.PositiveSmallIntegerField()
+    memory_gb = models.PositiveSmallIntegerField()
+    disk_gb = models.PositiveSmallIntegerField()
+    labels = models.JSONField(default=dict, help_text="Labels as sent to the provider.")
+
+    created_at = models.DateTimeField(auto_now_add=True)
+    state_changed_at = models.DateTimeField(null=True, blank=True)
+    last_started_at = models.DateTimeField(null=True, blank=True)
+    last_stopped_at = models.DateTimeField(null=True, blank=True)
+    last_activity_at = models.DateTimeField(null=True, blank=True)
+    last_synced_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_code = models.CharField(max_length=32, blank=True)
+
+    # Access handed out at the last launch, encrypted (sandboxes.secrets); reused while valid.
+    access_ciphertext = models.BinaryField(null=True, blank=True, editable=False)
+    access_expires_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["state", "last_activity_at"])]
+
+    def __str__(self) -> str:
+        return self.remote_name
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == SandboxState.STARTED
+
+    @property
+    def is_transitioning(self) -> bool:
+        return self.state in SandboxState.transitional()
+
+    def idle_for(self, now: datetime) -> timedelta | None:
+        last = self.last_activity_at or self.last_started_at
+        return now - last if last else None
+
+    def has_reusable_access(self, now: datetime, margin: timedelta) -> bool:
+        return bool(self.access_ciphertext) and self.access_expires_at is not None and (
+            self.access_expires_at - now >= margin
+        )
+
+    def set_state(self, state: SandboxState, now: datetime) -> None:
+        if state != self.state:
+            self.state = state
+            self.state_changed_at = now
+            if state == SandboxState.STARTED:
+                self.last_started_at = now
+            elif state in (SandboxState.STOPPED, SandboxState.ARCHIVED):
+                self.last_stopped_at = now
+
+    def forget_access(self) -> None:
+        self.access_ciphertext = None
+        self.access_expires_at = None
+
+    def to_dict(self) -> dict:
+        return {
+            "id": self.remote_id or None,
+            "name": self.remote_name,
+            "state": self.state,
+            "provider": self.provider,
+            "resources": {"cpu": self.cpu, "memoryGb": self.memory_gb, "diskGb": self.disk_gb},
+            "createdAt": self.created_at.isoformat() if self.created_at else None,
+            "lastStartedAt": _iso(self.last_started_at),
+            "lastActivityAt": _iso(self.last_activity_at),
+            "lastError": {"code": self.last_error_code, "message": self.last_error} if self.last_error else None,
+        }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+class AuditEvent(models.Model):
+    """Who did what to which sandbox, and when. Written by services only, never edited."""
+
+    class Action(models.TextChoices):
+        LAUNCH = "launch"
+        CREATE = "create"
+        ADOPT = "adopt"
+        START = "start"
+        STOP = "stop"
+        RECOVER = "recover"
+        DELETE = "delete"
+        ACCESS_MINTED = "access_minted"
+        STATE_SYNCED = "state_synced"
+
+    class ActorType(models.TextChoices):
+        USER = "user"
+        ADMIN = "admin"
+        SYSTEM = "system"
+
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.SET_NULL, null=True, related_name="events")
+    sandbox_name = models.CharField(max_length=128, help_text="Kept when the sandbox row is gone.")
+    action = models.CharField(max_length=32, choices=Action.choices)
+    actor_type = models.CharField(max_length=16, choices=ActorType.choices)
+    actor = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+    reason = models.CharField(max_length=255, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    def __str__(self) -> str:
+        return f"{self.action} {self.sandbox_name}"

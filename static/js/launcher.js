@@ -1,0 +1,477 @@
+// The portal's launcher: asks the API to create or resume the user's sandbox, follows it
+// through its transition, shows the access details and then opens the terminal.
+//
+// Protocol (JSON everywhere, errors as {"error": {"code", "message"}}):
+//   POST create -> 200 {sandbox, access}: ready.
+//               -> 202 {sandbox} or 409: a transition is under way; poll GET status until the
+//                  state settles, then POST create again to obtain access.
+//               -> 401: signed out, go to the sign-in page.
+//               -> 429 / 503: retry by itself after Retry-After seconds.
+//   POST heartbeat every minute while the tab is visible and a sandbox is open.
+
+const POLL_INTERVAL_MS = 1500;
+const LAUNCH_TIMEOUT_MS = 5 * 60 * 1000;
+const DEFAULT_RETRY_SECONDS = 5;
+const MAX_RETRY_SECONDS = 120;
+const REDIRECT_DELAY_SECONDS = 5;
+const HEARTBEAT_INTERVAL_MS = 60 * 1000;
+const COPIED_FEEDBACK_MS = 2000;
+// A conflict that outlives this many waits for the sandbox to settle is not a transition.
+const MAX_CONFLICTS = 3;
+
+// Remote states after which POST create decides what to do next (use, start or recover).
+const SETTLED_STATES = new Set(["started", "stopped", "archived", "error"]);
+
+const PROVISION_COPY = {
+  creating: {
+    label: "Creating your sandbox",
+    status: "Creating your sandbox. The first launch takes a little longer.",
+  },
+  starting: {
+    label: "Starting your sandbox",
+    status: "Starting your sandbox. Your files are where you left them.",
+  },
+  stopping: {
+    label: "Starting your sandbox",
+    status: "Your sandbox is finishing a stop and starts again right after.",
+  },
+};
+
+const STAGE_STATE_TEXT = {
+  pending: "not started",
+  active: "in progress",
+  done: "done",
+  failed: "failed",
+};
+
+const NETWORK_ERROR_MESSAGE = "We could not reach the portal. Check your connection and try again.";
+const UNEXPECTED_ERROR_MESSAGE = "Something went wrong on this page. Reload it and try again.";
+const FALLBACK_MESSAGES = {
+  403: "Your session has expired. Reload the page and try again.",
+  404: "Your sandbox could not be found. Try again to create a new one.",
+  429: "Too many launches in a short time.",
+  503: "The sandbox service is unavailable right now.",
+};
+
+class LaunchError extends Error {}
+class SignInRequired extends Error {}
+
+const launcher = document.getElementById("launcher");
+const launchButton = document.getElementById("launch-button");
+
+if (launcher && launchButton) {
+  setUpLauncher();
+}
+
+function setUpLauncher() {
+  const byId = (id) => document.getElementById(id);
+  const urls = {
+    create: launcher.dataset.createUrl,
+    status: launcher.dataset.statusUrl,
+    heartbeat: launcher.dataset.heartbeatUrl,
+    login: launcher.dataset.loginUrl,
+  };
+  const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
+
+  const progress = byId("launch-progress");
+  const statusLine = byId("launch-status");
+  const stages = new Map(
+    [...progress.querySelectorAll("[data-stage]")].map((item) => [item.dataset.stage, item]),
+  );
+  const provisionLabel = stages.get("provision").querySelector(".stage__label");
+  const errorBox = byId("launch-error");
+  const errorMessage = byId("launch-error-message");
+  const retryCountdown = byId("retry-countdown");
+  const retryButton = byId("retry-button");
+  const accessPanel = byId("access-panel");
+  const sshCommand = byId("ssh-command");
+  const copyButton = byId("copy-ssh");
+  const copyFeedback = byId("copy-ssh-feedback");
+  const sshExpiry = byId("ssh-expiry");
+  const previewLink = byId("preview-link");
+  const terminalLink = byId("terminal-link");
+  const redirectNotice = byId("redirect-notice");
+  const redirectText = byId("redirect-text");
+  const redirectCancelled = byId("redirect-cancelled");
+  const redirectSeconds = byId("redirect-seconds");
+  const cancelRedirectButton = byId("cancel-redirect");
+  const accessTitle = byId("access-title");
+  const sandboxName = byId("sandbox-name");
+  const sandboxResources = byId("sandbox-resources");
+  const previewPort = byId("preview-port");
+
+  let busy = false;
+  let skipRetryWait = null;
+  let redirectTimer = null;
+  let heartbeatTimer = null;
+  let lastHeartbeatAt = 0;
+  let copyFeedbackTimer = null;
+
+  launchButton.addEventListener("click", launch);
+  retryButton.addEventListener("click", () => (skipRetryWait ? skipRetryWait() : launch()));
+  cancelRedirectButton.addEventListener("click", cancelRedirect);
+  copyButton.addEventListener("click", copySshCommand);
+  document.addEventListener("visibilitychange", () => {
+    if (heartbeatTimer && Date.now() - lastHeartbeatAt >= HEARTBEAT_INTERVAL_MS) {
+      sendHeartbeat();
+    }
+  });
+
+  const params = new URLSearchParams(window.location.search);
+  if (params.get("launch") === "1") {
+    // Arriving from the sign-in page: launch once, and not again on reload.
+    params.delete("launch");
+    const query = params.toString();
+    window.history.replaceState(null, "", window.location.pathname + (query ? `?${query}` : ""));
+    launch();
+  }
+
+  async function launch() {
+    if (busy) return;
+    busy = true;
+    launchButton.setAttribute("aria-disabled", "true");
+    cancelRedirect();
+    hideError();
+    accessPanel.hidden = true;
+    resetStages();
+    progress.hidden = false;
+    try {
+      showAccess(await runLaunch(Date.now() + LAUNCH_TIMEOUT_MS));
+    } catch (error) {
+      if (error instanceof SignInRequired) {
+        setStatus("Your session has ended. Taking you to the sign-in page…");
+        window.location.assign(urls.login);
+        return;
+      }
+      failActiveStage();
+      setStatus("");
+      showError(error instanceof LaunchError ? error.message : UNEXPECTED_ERROR_MESSAGE);
+      retryButton.focus();
+      if (!(error instanceof LaunchError)) throw error;
+    } finally {
+      busy = false;
+      launchButton.removeAttribute("aria-disabled");
+    }
+  }
+
+  // Resolves with the 200 body of POST create; throws LaunchError or SignInRequired.
+  async function runLaunch(deadline) {
+    setStage("check", "active");
+    setStatus("Checking your sandbox…");
+    let conflicts = 0;
+    for (;;) {
+      ensureBefore(deadline);
+      const response = await callApi("POST", urls.create);
+      conflicts = response.status === 409 ? conflicts + 1 : 0;
+      switch (response.status) {
+        case 200:
+          return response.body;
+        case 409:
+          if (conflicts >= MAX_CONFLICTS) throw new LaunchError(errorText(response));
+        // falls through: a transition is under way, wait for it as for 202
+        case 202:
+          await waitForSettledState(response, deadline);
+          break;
+        case 401:
+          throw new SignInRequired();
+        case 429:
+        case 503:
+          await waitToRetry(response);
+          break;
+        default:
+          throw new LaunchError(errorText(response));
+      }
+    }
+  }
+
+  async function waitForSettledState(response, deadline) {
+    let sandbox = response.body?.sandbox;
+    let delayMs = response.retryAfterSeconds ? response.retryAfterSeconds * 1000 : POLL_INTERVAL_MS;
+    setStage("check", "done");
+    for (;;) {
+      if (sandbox) showProvisioning(sandbox.state);
+      if (sandbox && SETTLED_STATES.has(sandbox.state)) break;
+      await sleep(delayMs);
+      ensureBefore(deadline);
+      const poll = await callApi("GET", urls.status);
+      delayMs = poll.retryAfterSeconds ? poll.retryAfterSeconds * 1000 : POLL_INTERVAL_MS;
+      if (poll.status === 200) {
+        sandbox = poll.body?.sandbox;
+      } else if (poll.status === 404) {
+        break; // gone meanwhile: POST create makes a new one
+      } else if (poll.status === 401) {
+        throw new SignInRequired();
+      } else if (poll.status !== 429 && poll.status !== 503) {
+        throw new LaunchError(errorText(poll));
+      }
+    }
+    setStage("provision", "done");
+    setStage("secure", "active");
+    setStatus("Securing access…");
+  }
+
+  function showProvisioning(state) {
+    if (SETTLED_STATES.has(state)) return;
+    const copy = PROVISION_COPY[state] ?? PROVISION_COPY.starting;
+    provisionLabel.textContent = copy.label;
+    setStage("provision", "active");
+    setStatus(copy.status);
+  }
+
+  // Shows the server's message with a countdown; resolves when it runs out or on "Retry now".
+  function waitToRetry(response) {
+    let remaining = response.retryAfterSeconds ?? DEFAULT_RETRY_SECONDS;
+    showError(errorText(response));
+    retryButton.textContent = "Retry now";
+    retryCountdown.hidden = false;
+    const renderCountdown = () => {
+      retryCountdown.textContent = `Retrying in ${remaining} s…`;
+    };
+    renderCountdown();
+    return new Promise((resolve) => {
+      const timer = window.setInterval(() => {
+        remaining -= 1;
+        if (remaining <= 0) finish();
+        else renderCountdown();
+      }, 1000);
+      function finish() {
+        window.clearInterval(timer);
+        skipRetryWait = null;
+        hideError();
+        resolve();
+      }
+      skipRetryWait = finish;
+    });
+  }
+
+  function showAccess(body) {
+    const { sandbox, access } = body ?? {};
+    for (const name of stages.keys()) setStage(name, "done");
+    setStatus(""); // the access panel's heading says it from here on
+
+    sandboxName.textContent = sandbox?.name ?? "";
+    const resources = sandbox?.resources;
+    sandboxResources.textContent = resources
+      ? `${resources.cpu} vCPU · ${resources.memoryGb} GB RAM · ${resources.diskGb} GB disk`
+      : "";
+
+    sshCommand.textContent = access?.ssh?.command ?? "";
+    copyFeedback.textContent = "";
+    showExpiry(access?.ssh?.expiresAt);
+
+    const previewUrl = httpUrl(access?.preview?.url);
+    previewLink.hidden = !previewUrl;
+    if (previewUrl) {
+      previewLink.href = previewUrl.href;
+      if (access.preview.port) previewPort.textContent = access.preview.port;
+    }
+
+    const terminalUrl = httpUrl(access?.terminal?.url);
+    terminalLink.hidden = !terminalUrl;
+    if (terminalUrl) terminalLink.href = terminalUrl.href;
+
+    accessPanel.hidden = false;
+    startHeartbeat();
+    if (terminalUrl) {
+      scheduleRedirect(terminalUrl);
+      cancelRedirectButton.focus();
+    } else {
+      redirectNotice.hidden = true;
+      accessTitle.focus();
+    }
+  }
+
+  function showExpiry(value) {
+    const expiresAt = value ? new Date(value) : null;
+    if (!expiresAt || Number.isNaN(expiresAt.getTime())) {
+      sshExpiry.removeAttribute("datetime");
+      sshExpiry.textContent = "unknown";
+      return;
+    }
+    sshExpiry.dateTime = expiresAt.toISOString();
+    sshExpiry.textContent = expiresAt.toLocaleString(undefined, {
+      dateStyle: "medium",
+      timeStyle: "short",
+    });
+  }
+
+  function scheduleRedirect(url) {
+    let remaining = REDIRECT_DELAY_SECONDS;
+    redirectSeconds.textContent = remaining;
+    redirectText.hidden = false;
+    redirectCancelled.hidden = true;
+    cancelRedirectButton.hidden = false;
+    redirectNotice.hidden = false;
+    redirectTimer = window.setInterval(() => {
+      remaining -= 1;
+      if (remaining > 0) {
+        redirectSeconds.textContent = remaining;
+        return;
+      }
+      window.clearInterval(redirectTimer);
+      redirectTimer = null;
+      window.location.assign(url.href);
+    }, 1000);
+  }
+
+  function cancelRedirect() {
+    if (redirectTimer === null) return;
+    window.clearInterval(redirectTimer);
+    redirectTimer = null;
+    redirectText.hidden = true;
+    redirectCancelled.hidden = false;
+    const hadFocus = document.activeElement === cancelRedirectButton;
+    cancelRedirectButton.hidden = true;
+    if (hadFocus) terminalLink.focus();
+  }
+
+  async function copySshCommand() {
+    const command = sshCommand.textContent;
+    try {
+      await navigator.clipboard.writeText(command);
+      showCopyFeedback("Copied", "SSH command copied to the clipboard.");
+    } catch {
+      // No clipboard access (insecure origin or permission denied): select it for Ctrl+C.
+      const range = document.createRange();
+      range.selectNodeContents(sshCommand);
+      const selection = window.getSelection();
+      selection.removeAllRanges();
+      selection.addRange(range);
+      showCopyFeedback("Copy", "Selected. Press Ctrl+C (or ⌘C) to copy.");
+    }
+  }
+
+  function showCopyFeedback(buttonText, note) {
+    copyButton.textContent = buttonText;
+    copyFeedback.textContent = note;
+    window.clearTimeout(copyFeedbackTimer);
+    copyFeedbackTimer = window.setTimeout(() => {
+      copyButton.textContent = "Copy";
+      copyFeedback.textContent = "";
+    }, COPIED_FEEDBACK_MS);
+  }
+
+  function startHeartbeat() {
+    if (heartbeatTimer) return;
+    lastHeartbeatAt = Date.now();
+    heartbeatTimer = window.setInterval(sendHeartbeat, HEARTBEAT_INTERVAL_MS);
+  }
+
+  async function sendHeartbeat() {
+    if (document.visibilityState !== "visible") return;
+    lastHeartbeatAt = Date.now();
+    try {
+      const response = await callApi("POST", urls.heartbeat);
+      if (response.status === 401) {
+        window.clearInterval(heartbeatTimer);
+        heartbeatTimer = null;
+      }
+    } catch {
+      // Offline for a moment: the next beat tries again. Other statuses (an endpoint not
+      // deployed yet, a sandbox stopped meanwhile) need no reaction from the page.
+    }
+  }
+
+  async function callApi(method, url) {
+    const init = {
+      method,
+      credentials: "same-origin",
+      headers: { Accept: "application/json" },
+    };
+    if (method === "POST") {
+      init.headers["Content-Type"] = "application/json";
+      init.headers["X-CSRFToken"] = csrfToken;
+      init.body = "{}";
+    }
+    let response;
+    try {
+      response = await fetch(url, init);
+    } catch {
+      throw new LaunchError(NETWORK_ERROR_MESSAGE);
+    }
+    const body = await response.json().catch(() => null);
+    return {
+      status: response.status,
+      body,
+      retryAfterSeconds: parseRetryAfter(response.headers.get("Retry-After")),
+    };
+  }
+
+  function setStage(name, state) {
+    const item = stages.get(name);
+    item.dataset.state = state;
+    item.querySelector(".stage__state").textContent = STAGE_STATE_TEXT[state];
+    if (state === "active") item.setAttribute("aria-current", "step");
+    else item.removeAttribute("aria-current");
+  }
+
+  function resetStages() {
+    for (const name of stages.keys()) setStage(name, "pending");
+    provisionLabel.textContent = PROVISION_COPY.starting.label;
+  }
+
+  function failActiveStage() {
+    for (const [name, item] of stages) {
+      if (item.dataset.state === "active") setStage(name, "failed");
+    }
+  }
+
+  function setStatus(text) {
+    statusLine.textContent = text;
+  }
+
+  function showError(message) {
+    errorMessage.textContent = message;
+    retryButton.textContent = "Try again";
+    retryCountdown.hidden = true;
+    errorBox.hidden = false;
+  }
+
+  function hideError() {
+    errorBox.hidden = true;
+    errorMessage.textContent = "";
+    retryCountdown.textContent = "";
+  }
+}
+
+function ensureBefore(deadline) {
+  if (Date.now() > deadline) {
+    throw new LaunchError(
+      "Your sandbox is taking longer than usual to start. Try again in a minute; " +
+        "if it keeps happening, contact support.",
+    );
+  }
+}
+
+function errorText(response) {
+  return (
+    response.body?.error?.message ??
+    FALLBACK_MESSAGES[response.status] ??
+    `Something went wrong (HTTP ${response.status}). Try again.`
+  );
+}
+
+// Retry-After is either delay-seconds or an HTTP date; the result is clamped to a sane range.
+function parseRetryAfter(value) {
+  if (!value) return null;
+  const seconds = /^\d+$/.test(value.trim())
+    ? Number(value)
+    : (Date.parse(value) - Date.now()) / 1000;
+  if (Number.isNaN(seconds)) return null;
+  return Math.min(Math.max(Math.ceil(seconds), 1), MAX_RETRY_SECONDS);
+}
+
+// Only http(s) URLs that came from the server are ever followed or linked.
+function httpUrl(value) {
+  if (typeof value !== "string") return null;
+  try {
+    const url = new URL(value, window.location.href);
+    return url.protocol === "http:" || url.protocol === "https:" ? url : null;
+  } catch {
+    return null;
+  }
+}
+
+function sleep(ms) {
+  return new Promise((resolve) => window.setTimeout(resolve, ms));
+}

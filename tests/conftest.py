@@ -1,0 +1,80 @@
+import pytest
+from django.contrib.auth import get_user_model
+from django.test import Client
+
+from sandboxes.providers import reset_providers
+from tests.fake_daytona.fixtures import fake_daytona, fake_daytona_server  # noqa: F401
+
+CANARY_KEY = "canary-daytona-key-5f1e"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def collected_static():
+    """Pages are served as in production: hashed static files from STATIC_ROOT."""
+    from django.core.management import call_command
+
+    call_command("collectstatic", interactive=False, verbosity=0)
+
+
+@pytest.fixture
+def daytona(settings, fake_daytona):  # noqa: F811
+    """The portal configured for Daytona, talking to the HTTP fake through the real SDK."""
+    settings.SANDBOX_PROVIDER = "daytona"
+    settings.DAYTONA_API_KEY = CANARY_KEY
+    settings.DAYTONA_API_URL = fake_daytona.api_url
+    settings.DAYTONA_TARGET = "us"
+    settings.SANDBOX_LAUNCH_RATE = "1000/m"
+    reset_providers()
+    yield fake_daytona
+    reset_providers()
+
+
+def make_user(email: str):
+    return get_user_model().objects.create_user(username=email, email=email, password="correct horse 42")
+
+
+@pytest.fixture
+def owner(db):
+    return make_user("owner@example.com")
+
+
+@pytest.fixture
+def teammate(db):
+    return make_user("teammate@example.com")
+
+
+@pytest.fixture
+def outsider(db):
+    return make_user("outsider@example.com")
+
+
+def signed_in(user) -> Client:
+    client = Client(enforce_csrf_checks=True)
+    client.force_login(user)
+    client.get("/sandbox-portal/")  # sets the CSRF cookie, as the page does in a browser
+    return client
+
+
+def csrf_headers(client: Client) -> dict:
+    return {"HTTP_X_CSRFTOKEN": client.cookies["csrftoken"].value}
+
+
+def launch(client: Client, body: dict | None = None):
+    return client.post(
+        "/api/sandbox/create", data=body or {}, content_type="application/json", **csrf_headers(client)
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    from django.core.cache import cache
+
+    cache.clear()
+
+
+@pytest.fixture(autouse=True)
+def plain_http(settings):
+    """Tests speak plain HTTP to the test server; production redirects to HTTPS."""
+    settings.SECURE_SSL_REDIRECT = False
+    settings.SESSION_COOKIE_SECURE = False
+    settings.CSRF_COOKIE_SECURE = False

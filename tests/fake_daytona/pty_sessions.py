@@ -1,0 +1,383 @@
+"""Real interactive shells on pseudo-terminals, standing in for the sandbox daemon's PTYs.
+
+Sessions are keyed by (sandbox id, session id) and outlive websocket disconnects; every
+attached client receives the output. All asyncio work happens on the server's loop; the
+``kill_*`` methods only send signals, so any thread may call them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import fcntl
+import json
+import os
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import termios
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from .clock import iso
+
+EXIT_CONTROL_PROTOCOL = "X-Daytona-Pty-Exit-Control"
+ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
+CONNECTED_FRAME = json.dumps({"type": "control", "status": "connected"})
+SEND_QUEUE_LIMIT = 256
+EXIT_POLL_SECONDS = 0.05
+
+# Makes the new session leader's terminal (its stdin) the controlling terminal, then execs
+# the shell, so job control and Ctrl-C behave as in a real terminal.
+_LAUNCHER = (
+    "import fcntl, os, sys, termios; "
+    "fcntl.ioctl(0, termios.TIOCSCTTY, 0); "
+    "os.execvpe(sys.argv[1], sys.argv[1:], os.environ)"
+)
+
+
+@dataclass
+class ExitStatus:
+    code: int
+    reason: str | None
+
+    @classmethod
+    def from_returncode(cls, returncode: int) -> ExitStatus:
+        if returncode < 0:
+            return cls(128 - returncode, signal.Signals(-returncode).name)
+        return cls(returncode, None if returncode == 0 else f"exit status {returncode}")
+
+    def close_reason(self) -> str:
+        payload: dict[str, Any] = {"exitCode": self.code}
+        if self.reason:
+            payload["exitReason"] = self.reason
+        return json.dumps(payload)
+
+    def close_code(self) -> int:
+        return 1000 if self.code == 0 else 1011
+
+
+class PtyClient:
+    """One attached websocket and the queue of frames waiting to be sent to it."""
+
+    def __init__(self, ws: web.WebSocketResponse) -> None:
+        self.ws = ws
+        self.exit_control = ws.ws_protocol == EXIT_CONTROL_PROTOCOL
+        self.closing = False
+        self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self._pending = 0
+
+    def send_text(self, text: str) -> None:
+        self._queue.put_nowait(("text", text))
+
+    def send_output(self, data: bytes) -> bool:
+        """Queue output; False when the client has fallen too far behind."""
+        if self._pending >= SEND_QUEUE_LIMIT:
+            return False
+        self._pending += 1
+        self._queue.put_nowait(("bytes", data))
+        return True
+
+    def finish(self, status: ExitStatus) -> None:
+        """Report the shell's exit and close."""
+        if self.exit_control:
+            control = {"type": "control", "status": "exited", "exitCode": status.code}
+            if status.reason:
+                control["exitReason"] = status.reason
+            self.send_text(json.dumps(control))
+        self.close(status.close_code(), status.close_reason())
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.closing = True
+        self._queue.put_nowait(("close", (code, reason)))
+
+    def drop_as_slow(self) -> None:
+        """Discard what is queued and close with 1008, as the daemon does."""
+        while not self._queue.empty():
+            self._queue.get_nowait()
+        self._pending = 0
+        self.close(1008, "slow consumer")
+
+    async def pump(self) -> None:
+        """Send queued frames until a close is sent or the connection fails."""
+        try:
+            while True:
+                kind, payload = await self._queue.get()
+                if kind == "bytes":
+                    self._pending -= 1
+                    await self.ws.send_bytes(payload)
+                elif kind == "text":
+                    await self.ws.send_str(payload)
+                else:
+                    code, reason = payload
+                    await self.ws.close(code=code, message=reason.encode())
+                    return
+        except (ConnectionError, RuntimeError):
+            return
+
+
+@dataclass
+class PtySession:
+    sandbox_id: str
+    id: str
+    process: subprocess.Popen[bytes]
+    master_fd: int
+    cwd: str
+    envs: dict[str, str]
+    cols: int
+    rows: int
+    created_at: str
+    clients: set[PtyClient] = field(default_factory=set)
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def info(self) -> dict[str, Any]:
+        """The toolbox's ``PtySessionInfo``."""
+        return {
+            "id": self.id,
+            "cwd": self.cwd,
+            "envs": dict(self.envs),
+            "cols": self.cols,
+            "rows": self.rows,
+            "createdAt": self.created_at,
+            "active": not self.done.is_set(),
+            "lazyStart": False,
+        }
+
+
+class PtyManager:
+    """Spawns, tracks and reaps the shells."""
+
+    def __init__(self, now: Callable[[], float], on_activity: Callable[[str], None]) -> None:
+        self._now = now
+        self._on_activity = on_activity
+        self._sessions: dict[tuple[str, str], PtySession] = {}
+        self._lock = threading.Lock()
+        self._watchers: set[asyncio.Task[None]] = set()
+        self._homes_root: str | None = None
+
+    # ----- lookup -----------------------------------------------------------------------
+
+    def get(self, sandbox_id: str, session_id: str) -> PtySession | None:
+        with self._lock:
+            return self._sessions.get((sandbox_id, session_id))
+
+    def list(self, sandbox_id: str) -> list[PtySession]:
+        with self._lock:
+            return [s for (sid, _), s in self._sessions.items() if sid == sandbox_id]
+
+    def count(self) -> int:
+        with self._lock:
+            return len(self._sessions)
+
+    # ----- lifecycle --------------------------------------------------------------------
+
+    def spawn(
+        self,
+        sandbox_id: str,
+        session_id: str,
+        *,
+        cols: int,
+        rows: int,
+        cwd: str | None,
+        envs: dict[str, str],
+    ) -> PtySession:
+        """Start ``bash -i`` on a fresh pseudo-terminal (call on the event loop)."""
+        home = self._home_for(sandbox_id)
+        workdir = cwd if cwd and os.path.isdir(cwd) else home
+        master_fd, slave_fd = os.openpty()
+        _set_window_size(master_fd, rows, cols)
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-I", "-S", "-c", _LAUNCHER, shutil.which("bash") or "/bin/bash", "-i"],
+                stdin=slave_fd,
+                stdout=slave_fd,
+                stderr=slave_fd,
+                cwd=workdir,
+                env=_shell_environment(home, envs),
+                start_new_session=True,
+                close_fds=True,
+            )
+        except BaseException:
+            os.close(master_fd)
+            raise
+        finally:
+            os.close(slave_fd)
+        os.set_blocking(master_fd, False)
+        session = PtySession(
+            sandbox_id=sandbox_id,
+            id=session_id,
+            process=process,
+            master_fd=master_fd,
+            cwd=workdir,
+            envs=dict(envs),
+            cols=cols,
+            rows=rows,
+            created_at=iso(self._now()),
+        )
+        with self._lock:
+            self._sessions[(sandbox_id, session_id)] = session
+        loop = asyncio.get_running_loop()
+        loop.add_reader(master_fd, self._read_output, session)
+        watcher = loop.create_task(self._watch(session))
+        self._watchers.add(watcher)
+        watcher.add_done_callback(self._watchers.discard)
+        return session
+
+    def write(self, session: PtySession, data: bytes) -> None:
+        """Type into the terminal (best effort, like a full terminal buffer)."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(session.master_fd, view)
+            except (BlockingIOError, OSError):
+                return
+            view = view[written:]
+        self._on_activity(session.sandbox_id)
+
+    def resize(self, session: PtySession, cols: int, rows: int) -> None:
+        _set_window_size(session.master_fd, rows, cols)
+        session.cols, session.rows = cols, rows
+
+    def kill_sandbox(self, sandbox_id: str) -> None:
+        """SIGKILL every shell of a sandbox (thread-safe)."""
+        with self._lock:
+            doomed = [key for key in self._sessions if key[0] == sandbox_id]
+            sessions = [self._sessions.pop(key) for key in doomed]
+        for session in sessions:
+            _kill(session)
+
+    def kill_all(self) -> None:
+        """SIGKILL every shell (thread-safe)."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            self._sessions.clear()
+        for session in sessions:
+            _kill(session)
+
+    async def kill(self, session: PtySession) -> None:
+        """SIGKILL one shell and wait until its clients have been told."""
+        with self._lock:
+            if self._sessions.get((session.sandbox_id, session.id)) is session:
+                del self._sessions[(session.sandbox_id, session.id)]
+        _kill(session)
+        await session.done.wait()
+
+    async def shutdown(self) -> None:
+        """Kill and reap everything, then remove the home directories."""
+        self.kill_all()
+        if self._watchers:
+            await asyncio.wait(list(self._watchers), timeout=5)
+        self.remove_homes()
+
+    def remove_homes(self) -> None:
+        if self._homes_root is not None:
+            shutil.rmtree(self._homes_root, ignore_errors=True)
+            self._homes_root = None
+
+    # ----- internals --------------------------------------------------------------------
+
+    def _home_for(self, sandbox_id: str) -> str:
+        if self._homes_root is None:
+            self._homes_root = tempfile.mkdtemp(prefix="fake-daytona-homes-")
+        home = os.path.join(self._homes_root, sandbox_id)
+        os.makedirs(home, exist_ok=True)
+        return home
+
+    def _read_output(self, session: PtySession) -> None:
+        try:
+            data = os.read(session.master_fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            asyncio.get_running_loop().remove_reader(session.master_fd)
+            return
+        self._broadcast(session, data)
+
+    def _broadcast(self, session: PtySession, data: bytes) -> None:
+        for client in list(session.clients):
+            if not client.send_output(data):
+                session.clients.discard(client)
+                client.drop_as_slow()
+        self._on_activity(session.sandbox_id)
+
+    async def _watch(self, session: PtySession) -> None:
+        """Wait for the shell to end, then flush its output and tell the clients."""
+        while session.process.poll() is None:
+            await asyncio.sleep(EXIT_POLL_SECONDS)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(session.master_fd)
+        for chunk in _drain(session.master_fd):
+            self._broadcast(session, chunk)
+        os.close(session.master_fd)
+        status = ExitStatus.from_returncode(session.process.returncode)
+        for client in list(session.clients):
+            client.finish(status)
+        session.clients.clear()
+        with self._lock:
+            if self._sessions.get((session.sandbox_id, session.id)) is session:
+                del self._sessions[(session.sandbox_id, session.id)]
+        session.done.set()
+
+
+def decode_envs(protocol_header: str | None) -> dict[str, str]:
+    """Envs the SDK sends as an ``X-Daytona-Pty-Envs~<base64url JSON>`` subprotocol."""
+    for offered in (protocol_header or "").split(","):
+        offered = offered.strip()
+        if not offered.startswith(ENVS_PROTOCOL_PREFIX):
+            continue
+        encoded = offered[len(ENVS_PROTOCOL_PREFIX) :]
+        try:
+            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
+            envs = json.loads(raw)
+        except ValueError:
+            return {}
+        if isinstance(envs, dict):
+            return {str(k): str(v) for k, v in envs.items()}
+    return {}
+
+
+def _shell_environment(home: str, envs: dict[str, str]) -> dict[str, str]:
+    # A fresh environment: nothing from the test process (keys, settings) reaches the shell.
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin"),
+        "HOME": home,
+        "USER": "daytona",
+        "SHELL": "/bin/bash",
+        "TERM": "xterm-256color",
+        "LANG": "C.UTF-8",
+    }
+    env.update(envs)
+    return env
+
+
+def _set_window_size(fd: int, rows: int, cols: int) -> None:
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+
+def _kill(session: PtySession) -> None:
+    try:
+        os.killpg(session.process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _drain(fd: int) -> list[bytes]:
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    return chunks
