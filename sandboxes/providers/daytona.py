@@ -10,8 +10,9 @@ deadline and retry policy around it:
   leaves no alarm and no half-finished request behind, in any thread.
 - Methods on the SDK's ``Sandbox`` need a ``GET`` first to build the object; calling the API by
   id saves that round trip on every launch.
-- The SDK retries nothing because of a status code; the policy below does, for calls that are
-  safe to repeat.
+- The SDK leaves retries to urllib3, which repeats some failed GETs at once and would sleep
+  through any ``Retry-After`` on them, however long. The policy here retries what is safe to
+  repeat, with backoff, within a bounded budget, and reports longer hints to the caller.
 
 Socket.IO state events only shorten the SDK's own waits, which are not used, so the client runs
 in polling mode: no background websocket and no connection attempts per sandbox object.
@@ -19,6 +20,7 @@ in polling mode: no background websocket and no connection attempts per sandbox 
 
 from __future__ import annotations
 
+import http.client
 import json
 import logging
 import math
@@ -64,6 +66,7 @@ POLL_GROWTH = 1.25  # a wait overshoots the transition by at most a quarter of i
 MAX_POLL_SECONDS = 1.0
 FIRST_BACKOFF_SECONDS = 0.25
 MAX_SERVER_MESSAGE = 200
+POOL_THREADS = 16  # for the concurrent calls of mint_access and revoke_access
 RETRIED_KINDS = frozenset({ErrorKind.UNAVAILABLE, ErrorKind.RATE_LIMITED})
 TROUBLE_KINDS = RETRIED_KINDS | {ErrorKind.TIMEOUT}
 
@@ -253,7 +256,7 @@ class DaytonaProvider(SandboxProvider):
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=16, thread_name_prefix="daytona")
+                    self._executor = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="daytona")
         return self._executor
 
     def _run_concurrently(self, first: Callable[[], Any], *others: Callable[[], Any]) -> list[Any]:
@@ -563,7 +566,7 @@ def _never_sent(exc: BaseException) -> bool:
 
 
 def _is_transport_failure(exc: BaseException) -> bool:
-    return isinstance(exc, (urllib3.exceptions.HTTPError, OSError)) or (
+    return isinstance(exc, (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError)) or (
         isinstance(exc, ApiException) and not exc.status
     )
 
@@ -621,16 +624,21 @@ def _seconds(value: Any) -> float | None:
     try:
         number = float(text)
     except ValueError:
-        try:
-            moment = parsedate_to_datetime(text)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, (moment - datetime.now(timezone.utc)).total_seconds())
+        moment = _http_date(text)
+        return None if moment is None else max(0.0, moment.timestamp() - time.time())
     if not math.isfinite(number):
         return None
     if number > 1e9:  # an epoch timestamp rather than a delay
         number -= time.time()
     return max(0.0, number)
+
+
+def _http_date(text: str) -> datetime | None:
+    try:
+        moment = parsedate_to_datetime(text)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 # -- conversions ------------------------------------------------------------------------
@@ -675,7 +683,9 @@ def _timestamp(text: str | None) -> datetime | None:
 
 def _ssh_access(dto: Any) -> SshAccess:
     host, port = _ssh_destination(dto.ssh_command)
-    return SshAccess(token=dto.token, host=host, port=port, command=dto.ssh_command, expires_at=dto.expires_at)
+    return SshAccess(
+        token=dto.token, host=host, port=port, command=dto.ssh_command, expires_at=dto.expires_at
+    )
 
 
 def _signed_link(dto: Any, expires_at: datetime) -> SignedLink:
