@@ -7,3 +7,8 @@ class AccountAdapter(DefaultAccountAdapter):
 
     def get_login_redirect_url(self, request):
         return super().get_login_redirect_url(request) or settings.LOGIN_REDIRECT_URL
+
+
+def user_display(user) -> str:
+    """Users sign in by email; the generated username means nothing to them."""
+    return user.email or user.get_username()

@@ -125,7 +125,7 @@ USE_I18N = True
 USE_TZ = True
 
 STATIC_URL = "static/"
-STATIC_ROOT = BASE_DIR / "var" / "staticfiles"
+STATIC_ROOT = env.path("DJANGO_STATIC_ROOT", default=BASE_DIR / "var" / "staticfiles")
 STATICFILES_DIRS = [BASE_DIR / "static"]
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
@@ -146,6 +146,7 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = "username"  # filled in from the email by th
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
 ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+ACCOUNT_USER_DISPLAY = "accounts.adapter.user_display"
 ACCOUNT_SESSION_REMEMBER = None
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
 SOCIALACCOUNT_ONLY = False
@@ -221,9 +222,10 @@ if not REDIS_URL:
         "store_processed": False,
     }
 else:
-    # Longer than any task's time limit plus its retry countdown, so a task held by a live
-    # worker is never handed to a second one.
-    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+    # Longer than any task's time limit plus its longest retry countdown, so a task held by a
+    # live worker is never handed to a second one; a task whose worker died is redelivered
+    # after it. Tests of redelivery shorten it.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": env.int("CELERY_VISIBILITY_TIMEOUT", default=3600)}
 CELERY_TASK_ALWAYS_EAGER = env.bool("CELERY_TASK_ALWAYS_EAGER", default=False)
 CELERY_TASK_EAGER_PROPAGATES = True
 CELERY_TASK_SERIALIZER = "json"
@@ -237,7 +239,22 @@ CELERY_TASK_TIME_LIMIT = 600
 CELERY_TASK_SOFT_TIME_LIMIT = 540
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
-CELERY_BEAT_SCHEDULE: dict = {}
+# Periodic lifecycle passes. Each message expires after one interval, so a backlog built up
+# while no worker ran is not replayed pass after pass. Exactly one beat may run (see README).
+SANDBOX_RECONCILE_SECONDS = env.int("SANDBOX_RECONCILE_SECONDS", default=300)
+SANDBOX_IDLE_CHECK_SECONDS = env.int("SANDBOX_IDLE_CHECK_SECONDS", default=300)
+CELERY_BEAT_SCHEDULE: dict = {
+    "reconcile-sandboxes": {
+        "task": "sandboxes.tasks.reconcile_sandboxes",
+        "schedule": SANDBOX_RECONCILE_SECONDS,
+        "options": {"expires": SANDBOX_RECONCILE_SECONDS},
+    },
+    "stop-idle-sandboxes": {
+        "task": "sandboxes.tasks.stop_idle_sandboxes",
+        "schedule": SANDBOX_IDLE_CHECK_SECONDS,
+        "options": {"expires": SANDBOX_IDLE_CHECK_SECONDS},
+    },
+}
 
 # --- Sandboxes -----------------------------------------------------------------------------
 DAYTONA_API_KEY = env.str("DAYTONA_API_KEY", default="")
@@ -258,6 +275,14 @@ SANDBOX_LAUNCH_WAIT_SECONDS = env.float("SANDBOX_LAUNCH_WAIT_SECONDS", default=5
 SANDBOX_LAUNCH_RATE = env.str("SANDBOX_LAUNCH_RATE", default="30/m")
 # Access handed out again while it stays valid at least this long; newer tokens otherwise.
 SANDBOX_ACCESS_REUSE_MARGIN = timedelta(minutes=env.int("SANDBOX_ACCESS_REUSE_MARGIN_MINUTES", default=30))
+# Lifecycle: rows in creating/starting/stopping longer than this are repaired by reconcile.
+SANDBOX_STUCK_MINUTES = env.int("SANDBOX_STUCK_MINUTES", default=15)
+# Activity is written to the database at most this often per sandbox (heartbeats every minute).
+SANDBOX_ACTIVITY_WRITE_SECONDS = env.int("SANDBOX_ACTIVITY_WRITE_SECONDS", default=60)
+# The provider's idle timer is refreshed at most this often per sandbox while the portal sees activity.
+SANDBOX_ACTIVITY_REFRESH_MINUTES = env.int("SANDBOX_ACTIVITY_REFRESH_MINUTES", default=10)
+# Provider calls in flight at once when stopping or looking up many sandboxes.
+SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=32)
 
 LOGGING = {
     "version": 1,

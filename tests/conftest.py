@@ -8,13 +8,6 @@ from tests.fake_daytona.fixtures import fake_daytona, fake_daytona_server  # noq
 CANARY_KEY = "canary-daytona-key-5f1e"
 
 
-@pytest.fixture(scope="session", autouse=True)
-def collected_static():
-    """Pages are served as in production: hashed static files from STATIC_ROOT."""
-    from django.core.management import call_command
-
-    call_command("collectstatic", interactive=False, verbosity=0)
-
 
 @pytest.fixture
 def daytona(settings, fake_daytona):  # noqa: F811
@@ -72,9 +65,16 @@ def fresh_cache():
     cache.clear()
 
 
-@pytest.fixture(autouse=True)
-def plain_http(settings):
-    """Tests speak plain HTTP to the test server; production redirects to HTTPS."""
-    settings.SECURE_SSL_REDIRECT = False
-    settings.SESSION_COOKIE_SECURE = False
-    settings.CSRF_COOKIE_SECURE = False
+@pytest.fixture(scope="session", autouse=True)
+def test_server_settings():
+    """Tests speak plain HTTP to the test servers (production redirects to HTTPS), and live
+    servers serve static files by their plain names. Session-wide, because live servers read
+    these settings once, when they start."""
+    from django.conf import settings
+    from django.test import override_settings
+
+    storages = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    with override_settings(
+        SECURE_SSL_REDIRECT=False, SESSION_COOKIE_SECURE=False, CSRF_COOKIE_SECURE=False, STORAGES=storages
+    ):
+        yield

@@ -91,3 +91,16 @@ def test_production_redirects_to_https_and_trusts_the_proxy_header():
     lines = out.stdout.split("\n")
     assert lines[0].startswith("301 https://"), out.stderr
     assert lines[1] != "301"
+
+
+def test_production_static_files_collect_with_hashed_names(tmp_path):
+    result = _manage(
+        "collectstatic",
+        "--no-input",
+        DJANGO_DEBUG="false",
+        DJANGO_STATIC_ROOT=str(tmp_path),
+        DAYTONA_API_KEY="some-key",
+    )
+    assert result.returncode == 0, result.stderr
+    manifest = (tmp_path / "staticfiles.json").read_text()
+    assert "js/launcher.js" in manifest and "css/portal.css" in manifest

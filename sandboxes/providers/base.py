@@ -134,6 +134,44 @@ class SandboxAccess:
     terminal: SignedLink
 
 
+class TerminalSession:
+    """One attachment to a PTY session (a login shell) inside a sandbox.
+
+    Blocking and thread-safe in the usual way: one thread reads while others write or resize.
+    The shell belongs to the sandbox, not to this object: :meth:`detach` leaves it running, so
+    a later :meth:`SandboxProvider.open_terminal` with the same ``session_id`` finds the same
+    shell (its scrollback is not replayed). The shell ends when it exits, when :meth:`kill`
+    is called, or when the sandbox stops.
+    """
+
+    session_id: str = ""
+
+    def read(self) -> bytes:
+        """The next output bytes, waiting for them. ``b""`` once the shell has ended or the
+        attachment was detached; :attr:`exit_code` is then set if the shell ended."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        """Send input (keystrokes, pasted text) to the shell."""
+        raise NotImplementedError
+
+    def resize(self, cols: int, rows: int) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Close this attachment; the shell keeps running. Idempotent."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """End the shell. Idempotent."""
+        raise NotImplementedError
+
+    @property
+    def exit_code(self) -> int | None:
+        """The shell's exit status once it has ended, else None."""
+        raise NotImplementedError
+
+
 class SandboxProvider:
     """A sandbox backend. Subclasses implement every method below.
 
@@ -216,4 +254,14 @@ class SandboxProvider:
 
     def refresh_activity(self, remote_id: str) -> None:
         """Tell the backend the sandbox is in use, resetting its own idle timer."""
+        raise NotImplementedError
+
+    def open_terminal(self, remote_id: str, *, session_id: str, cols: int, rows: int) -> TerminalSession:
+        """Attach to the PTY session ``session_id`` of a started sandbox, creating it (a login
+        shell in the sandbox's home directory, ``TERM=xterm-256color``) when it does not exist.
+
+        ``session_id`` is chosen by the caller (letters, digits, ``-``; at most 64). Raises
+        ``ProviderError(kind=INVALID_STATE)`` when the sandbox is not started and
+        ``kind=NOT_FOUND`` when it is gone. Never starts a sandbox by itself.
+        """
         raise NotImplementedError
