@@ -134,3 +134,26 @@ def test_signed_out_visitor_signs_up_and_lands_in_the_terminal(browser_page, con
     assert console_errors == []
 
     page.wait_for_url(terminal_url, wait_until="commit", timeout=REDIRECT_DELAY_MS + 5_000)
+
+
+def test_returning_user_signs_in_and_gets_the_same_sandbox(browser_page, console_errors, live_server, daytona):
+    page = browser_page
+    page.goto("/accounts/signup/?next=/sandbox-portal/")
+    email = sign_up(page)
+    page.get_by_role("button", name="Open Dev Sandbox").click()
+    expect_sandbox_ready(page)
+    first_sandbox = page.locator("#sandbox-name").text_content()
+    page.get_by_role("button", name="Stay here").click()
+
+    page.get_by_role("button", name="Sign out").click()
+    page.goto("/accounts/login/?next=/sandbox-portal/")
+    page.get_by_label("Email", exact=True).fill(email)
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_role("button", name="Sign In", exact=True).click()
+    expect(page).to_have_url(f"{live_server.url}/sandbox-portal/")
+
+    page.get_by_role("button", name="Open Dev Sandbox").click()
+    expect_sandbox_ready(page)
+    assert page.locator("#sandbox-name").text_content() == first_sandbox
+    assert len(daytona.sandboxes()) == 1
+    assert console_errors == []
