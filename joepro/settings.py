@@ -260,6 +260,7 @@ CELERY_BEAT_SCHEDULE: dict = {
 DAYTONA_API_KEY = env.str("DAYTONA_API_KEY", default="")
 DAYTONA_API_URL = env.str("DAYTONA_API_URL", default="https://app.daytona.io/api")
 DAYTONA_TARGET = env.str("DAYTONA_TARGET", default="us")
+DAYTONA_HTTP_TIMEOUT = env.float("DAYTONA_HTTP_TIMEOUT", default=10.0)
 SANDBOX_PROVIDER = env.str("SANDBOX_PROVIDER", default="daytona" if DAYTONA_API_KEY else "local")
 SANDBOX_DEPLOYMENT = env.str("SANDBOX_DEPLOYMENT", default="joepro")
 SANDBOX_IMAGE = env.str("SANDBOX_IMAGE", default="node:20-bookworm")
@@ -275,6 +276,14 @@ SANDBOX_LAUNCH_WAIT_SECONDS = env.float("SANDBOX_LAUNCH_WAIT_SECONDS", default=5
 SANDBOX_LAUNCH_RATE = env.str("SANDBOX_LAUNCH_RATE", default="30/m")
 # Access handed out again while it stays valid at least this long; newer tokens otherwise.
 SANDBOX_ACCESS_REUSE_MARGIN = timedelta(minutes=env.int("SANDBOX_ACCESS_REUSE_MARGIN_MINUTES", default=30))
+# Local provider: where workspaces live (never inside a path sandboxes see), the SSH gateway
+# users are told to connect to, bubblewrap, the host uids of sandboxes and their cgroups.
+SANDBOX_LOCAL_ROOT = Path(env.str("SANDBOX_LOCAL_ROOT", default=str(VAR_DIR / "sandboxes"))).absolute()
+SANDBOX_SSH_HOST = env.str("SANDBOX_SSH_HOST", default="localhost")
+SANDBOX_SSH_PORT = env.int("SANDBOX_SSH_PORT", default=2222)
+SANDBOX_BWRAP = env.str("SANDBOX_BWRAP", default="bwrap")
+SANDBOX_LOCAL_UID_BASE = env.int("SANDBOX_LOCAL_UID_BASE", default=2_000_000_000)
+SANDBOX_LOCAL_CGROUP_PARENT = env.str("SANDBOX_LOCAL_CGROUP_PARENT", default="joepro-sandboxes")
 # Lifecycle: rows in creating/starting/stopping longer than this are repaired by reconcile.
 SANDBOX_STUCK_MINUTES = env.int("SANDBOX_STUCK_MINUTES", default=15)
 # Activity is written to the database at most this often per sandbox (heartbeats every minute).
@@ -283,6 +292,10 @@ SANDBOX_ACTIVITY_WRITE_SECONDS = env.int("SANDBOX_ACTIVITY_WRITE_SECONDS", defau
 SANDBOX_ACTIVITY_REFRESH_MINUTES = env.int("SANDBOX_ACTIVITY_REFRESH_MINUTES", default=10)
 # Provider calls in flight at once when stopping or looking up many sandboxes.
 SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=32)
+# SSH gateway of local sandboxes (manage.py run_ssh_gateway). It listens on loopback unless told
+# otherwise; the host key (relative to the project directory) is generated at the first start.
+SANDBOX_SSH_BIND = env.str("SANDBOX_SSH_BIND", default="127.0.0.1")
+SANDBOX_SSH_HOST_KEY = BASE_DIR / env.str("SANDBOX_SSH_HOST_KEY", default="var/ssh_host_ed25519_key")
 
 LOGGING = {
     "version": 1,
@@ -290,5 +303,11 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
-    "loggers": {"daytona": {"level": "WARNING"}, "urllib3": {"level": "WARNING"}},
+    # httpx logs request URLs at INFO, and toolbox URLs carry sandbox ids and session names.
+    "loggers": {
+        "daytona": {"level": "WARNING"},
+        "urllib3": {"level": "WARNING"},
+        "httpx": {"level": "WARNING"},
+        "httpcore": {"level": "WARNING"},
+    },
 }

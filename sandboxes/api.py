@@ -16,6 +16,7 @@ from ninja.security import SessionAuth
 from pydantic import ConfigDict
 
 from . import services
+from .models import Sandbox
 from .providers.base import ErrorKind, ProviderError
 
 log = logging.getLogger(__name__)
@@ -96,6 +97,7 @@ class PreviewOut(Schema):
 class TerminalOut(Schema):
     url: str
     expiresAt: str
+    daytonaUrl: str | None = None
 
 
 class AccessOut(Schema):
@@ -182,6 +184,16 @@ def on_unexpected(request, exc: Exception):
 # --- endpoints --------------------------------------------------------------------------------
 
 
+def _with_absolute_links(request: HttpRequest, access: dict) -> dict:
+    """Links a provider gives as portal paths (local previews, the terminal page) become full
+    URLs on the host the user reached the portal by."""
+    return {
+        **access,
+        "preview": {**access["preview"], "url": request.build_absolute_uri(access["preview"]["url"])},
+        "terminal": {**access["terminal"], "url": request.build_absolute_uri(access["terminal"]["url"])},
+    }
+
+
 def _no_store(response: HttpResponse) -> None:
     response["Cache-Control"] = "no-store"
 
@@ -200,7 +212,7 @@ def sandbox_create(request, response: HttpResponse, payload: LaunchIn | None = N
     if not launch.ready:
         response["Retry-After"] = "2"
         return Status(202, {"sandbox": launch.sandbox.to_dict()})
-    return Status(200, {"sandbox": launch.sandbox.to_dict(), "access": launch.access})
+    return Status(200, {"sandbox": launch.sandbox.to_dict(), "access": _with_absolute_links(request, launch.access)})
 
 
 @api.get(
@@ -214,3 +226,23 @@ def sandbox_detail(request, response: HttpResponse):
     if sandbox is None:
         return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})
     return Status(200, {"sandbox": sandbox.to_dict()})
+
+
+class HeartbeatOut(Schema):
+    ok: bool
+
+
+@api.post(
+    "/sandbox/heartbeat",
+    response={200: HeartbeatOut, **ERRORS},
+    summary="Tell the portal the user is working in their sandbox",
+    description="Sent every minute while the portal or terminal page is open. Counts as activity for the "
+    "idle policy (sandboxes stop after SANDBOX_IDLE_MINUTES without activity). 404 when the user has no sandbox.",
+)
+def sandbox_heartbeat(request, response: HttpResponse, payload: LaunchIn | None = None):
+    _no_store(response)
+    sandbox = Sandbox.objects.filter(user=request.auth).first()
+    if sandbox is None:
+        return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})
+    services.sandbox_record_activity(sandbox=sandbox, source="heartbeat")
+    return Status(200, {"ok": True})

@@ -25,16 +25,8 @@ def check_sandbox_provider(app_configs=None, **kwargs):
                 id="sandboxes.E002",
             )
         )
-    if provider == "local" and not _local_provider_available():
-        errors.append(
-            Error(
-                "SANDBOX_PROVIDER is 'local' (the default without DAYTONA_API_KEY), but sandboxes "
-                "on this machine are not available in this version.",
-                hint="Set DAYTONA_API_KEY (and DAYTONA_API_URL, DAYTONA_TARGET if not the defaults) "
-                "to run sandboxes on Daytona.",
-                id="sandboxes.E005",
-            )
-        )
+    if provider == "local":
+        errors.extend(_local_provider_errors())
     if provider == "daytona" and not (settings.SANDBOX_IMAGE or settings.SANDBOX_SNAPSHOT):
         errors.append(
             Error(
@@ -57,7 +49,25 @@ def check_sandbox_provider(app_configs=None, **kwargs):
     return errors
 
 
-def _local_provider_available() -> bool:
-    import importlib.util
+LOCAL_PROBLEM_IDS = {
+    "bwrap_missing": "sandboxes.E005",
+    "bwrap_fails": "sandboxes.E006",
+    "python_missing": "sandboxes.E007",
+    "root_not_traversable": "sandboxes.E008",
+    "root_visible": "sandboxes.E008",
+}
 
-    return importlib.util.find_spec("sandboxes.providers.local") is not None
+
+def _local_provider_errors() -> list[Error]:
+    """Sandboxes on this machine need a working bubblewrap; without one the portal says so
+    here instead of running anyone's shell unisolated. bwrap is probed once per process."""
+    from .providers.local import LocalProvider
+
+    return [
+        Error(
+            f"SANDBOX_PROVIDER is 'local' (the default without DAYTONA_API_KEY), but {problem.message}",
+            hint=problem.hint,
+            id=LOCAL_PROBLEM_IDS[problem.code],
+        )
+        for problem in LocalProvider.from_settings().problems()
+    ]

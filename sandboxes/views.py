@@ -1,6 +1,9 @@
 from django.conf import settings
-from django.shortcuts import render
+from django.contrib.auth.decorators import login_required
+from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
+
+from .models import Sandbox
 
 
 @require_GET
@@ -15,3 +18,13 @@ def portal(request):
         "preview_port": settings.SANDBOX_PREVIEW_PORT,
     }
     return render(request, "sandboxes/portal.html", {"specs": specs})
+
+
+@require_GET
+@login_required
+def terminal(request, remote_id: str):
+    """The browser terminal of the user's own sandbox; anyone else's is a 404."""
+    sandbox = get_object_or_404(Sandbox, user=request.user, remote_id=remote_id)
+    response = render(request, "sandboxes/terminal.html", {"sandbox": sandbox})
+    response["Cache-Control"] = "no-store"
+    return response

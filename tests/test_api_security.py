@@ -84,7 +84,8 @@ def test_tokens_are_not_stored_in_clear(daytona, owner):
     row = Sandbox.objects.get(user=owner)
     stored = bytes(row.access_ciphertext)
     assert access["ssh"]["token"].encode() not in stored
-    assert access["terminal"]["url"].encode() not in stored
+    assert access["terminal"]["daytonaUrl"].encode() not in stored
+    assert access["preview"]["url"].encode() not in stored
 
 
 def test_portal_launch_rate_limit_is_a_429(daytona, owner, settings):

@@ -36,8 +36,9 @@ def test_access_has_ssh_preview_and_terminal(daytona, owner):
     assert access["ssh"]["expiresAt"]
     assert access["preview"]["port"] == 3000
     assert access["preview"]["url"].startswith("http")
-    assert access["terminal"]["url"].startswith("http")
-    assert access["preview"]["url"] != access["terminal"]["url"]
+    assert access["terminal"]["url"] == f"http://testserver/sandboxes/{remote['id']}/terminal/"
+    assert access["terminal"]["daytonaUrl"].startswith(daytona.url)  # signed link to port 22222
+    assert access["preview"]["url"] != access["terminal"]["daytonaUrl"]
 
 
 def test_ssh_token_lives_120_minutes(daytona, owner):

@@ -4,6 +4,7 @@ untracked remote sandbox."""
 import pytest
 
 from sandboxes.models import Sandbox
+from sandboxes.providers import reset_providers
 from sandboxes.services import remote_name_for
 from tests.conftest import launch, signed_in
 
@@ -62,7 +63,9 @@ def test_connection_reset_on_create(daytona, owner, kind):
 
 
 def test_commit_then_hang_then_retry_makes_one_sandbox(daytona, owner, settings):
-    daytona.fault("create", "commit_then_hang", seconds=30, times=1)
+    settings.DAYTONA_HTTP_TIMEOUT = 1.0
+    reset_providers()
+    daytona.fault("create", "commit_then_hang", seconds=5, times=1)
     client = signed_in(owner)
     first = launch(client)
     assert first.status_code in (200, 202, 503)
@@ -73,10 +76,12 @@ def test_commit_then_hang_then_retry_makes_one_sandbox(daytona, owner, settings)
     _assert_at_most_one_tracked(daytona, owner)
 
 
-def test_slow_state_check_ends_in_an_answer(daytona, owner):
+def test_slow_state_check_ends_in_an_answer(daytona, owner, settings):
+    settings.DAYTONA_HTTP_TIMEOUT = 1.0
+    reset_providers()
     client = signed_in(owner)
     launch(client)
-    daytona.fault("get", "slow", seconds=30, times=4)
+    daytona.fault("get", "slow", seconds=5, times=4)
     response = launch(client)
     assert response.status_code in (200, 503)
     if response.status_code == 503:

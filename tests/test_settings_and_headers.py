@@ -46,9 +46,16 @@ def test_check_deploy_passes_with_production_settings():
     assert result.returncode == 0, result.stderr + result.stdout
 
 
-def test_default_without_a_key_names_the_variables_to_set():
-    result = _manage("check")
+def test_default_without_a_key_runs_local_sandboxes():
+    result = _manage("shell", "-c", "from django.conf import settings; print(settings.SANDBOX_PROVIDER)")
+    assert result.stdout.strip().splitlines()[-1] == "local", result.stderr
+
+
+def test_local_sandboxes_without_bubblewrap_is_a_check_error_with_the_fix():
+    result = _manage("check", SANDBOX_BWRAP="/nonexistent/bwrap")
     assert result.returncode != 0
+    assert "sandboxes.E005" in result.stderr
+    assert "apt-get install bubblewrap" in result.stderr
     assert "DAYTONA_API_KEY" in result.stderr
 
 

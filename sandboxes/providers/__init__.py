@@ -26,6 +26,7 @@ def _build(name: str) -> SandboxProvider:
             target=settings.DAYTONA_TARGET,
             image=settings.SANDBOX_IMAGE,
             snapshot=settings.SANDBOX_SNAPSHOT,
+            http_timeout=settings.DAYTONA_HTTP_TIMEOUT,
         )
     if name == "local":
         from .local import LocalProvider

@@ -9,7 +9,8 @@ deadline and retry policy around it:
   a plain loop of ``GET /sandbox/{id}`` against ``time.monotonic()``, so a wait that runs out
   leaves no alarm and no half-finished request behind, in any thread.
 - Methods on the SDK's ``Sandbox`` need a ``GET`` first to build the object; calling the API by
-  id saves that round trip on every launch.
+  id saves that round trip on every launch. Only the terminal needs the object (its PTY goes
+  through the sandbox's toolbox proxy), and it builds one per attachment.
 - The SDK leaves retries to urllib3, which repeats some failed GETs at once and would sleep
   through any ``Retry-After`` on them, however long. The policy here retries what is safe to
   repeat, with backoff, within a bounded budget, and reports longer hints to the caller.
@@ -24,6 +25,7 @@ import http.client
 import json
 import logging
 import math
+import queue
 import random
 import re
 import shlex
@@ -40,7 +42,8 @@ from http import HTTPStatus
 from typing import Any, TypeVar
 
 import urllib3.exceptions
-from daytona import Daytona, DaytonaConfig, Image
+from daytona import Daytona, DaytonaConfig, DaytonaConflictError, DaytonaError, Image, PtySize
+from daytona.handle.pty_handle import PtyHandle
 from daytona_api_client import CreateBuildInfo, CreateSandbox, SandboxApi
 from daytona_api_client.exceptions import ApiException
 
@@ -54,6 +57,7 @@ from .base import (
     SandboxSpec,
     SignedLink,
     SshAccess,
+    TerminalSession,
 )
 
 logger = logging.getLogger(__name__)
@@ -66,9 +70,12 @@ POLL_GROWTH = 1.25  # a wait overshoots the transition by at most a quarter of i
 MAX_POLL_SECONDS = 1.0
 FIRST_BACKOFF_SECONDS = 0.25
 MAX_SERVER_MESSAGE = 200
-POOL_THREADS = 16  # for the concurrent calls of mint_access and revoke_access
+POOL_THREADS = 32  # for the concurrent calls of mint_access and revoke_access
 RETRIED_KINDS = frozenset({ErrorKind.UNAVAILABLE, ErrorKind.RATE_LIMITED})
 TROUBLE_KINDS = RETRIED_KINDS | {ErrorKind.TIMEOUT}
+PTY_POLL_SECONDS = 1.0  # how soon a detached terminal's pump thread notices and ends
+PTY_QUEUED_CHUNKS = 256  # output frames held for a slow reader before the pump waits
+PTY_MAX_READ = 1 << 20  # bytes joined into one read when output arrives faster than it is read
 
 _REMOTE_STATES = {
     "creating": RemoteState.CREATING,
@@ -135,6 +142,7 @@ class DaytonaProvider(SandboxProvider):
         self._max_retry_wait = max_retry_wait
         self._terminal_port = terminal_port
         self._lock = threading.Lock()
+        self._client: Daytona | None = None
         self._sandbox_api: SandboxApi | None = None
         self._executor: ThreadPoolExecutor | None = None
 
@@ -222,6 +230,56 @@ class DaytonaProvider(SandboxProvider):
             lambda: self._api.update_last_activity(remote_id, _request_timeout=self._http_timeout),
         )
 
+    # -- terminal -----------------------------------------------------------------------
+
+    def open_terminal(self, remote_id: str, *, session_id: str, cols: int, rows: int) -> TerminalSession:
+        """Through the toolbox API: create the PTY session, or attach when it exists (the
+        create is refused with 409 then, before any upgrade), and size it to the caller's
+        window, which may differ from the one it was created for."""
+        sandbox = self._call("get", lambda: self._sdk.get(remote_id, request_timeout=self._http_timeout))
+        state = remote_state(_state_word(sandbox.state))
+        if state is RemoteState.DESTROYING:
+            raise ProviderError("The Daytona sandbox no longer exists.", kind=ErrorKind.NOT_FOUND)
+        if state is not RemoteState.STARTED:
+            raise ProviderError(
+                f"The sandbox is not running ({_state_word(sandbox.state)}).", kind=ErrorKind.INVALID_STATE
+            )
+        size = PtySize(rows=rows, cols=cols)
+        process = sandbox.process
+        for _ in range(2):  # a shell that exits between the refused create and the attach is made again
+            try:
+                handle = process.create_pty_session(session_id, pty_size=size)
+            except DaytonaConflictError:
+                pass
+            except Exception as exc:
+                raise self._terminal_error(exc, "open terminal") from exc
+            else:
+                return DaytonaTerminal(handle, call=self._call)
+            try:
+                handle = process.connect_pty_session(session_id)
+            except DaytonaError as exc:
+                if exc.status_code:
+                    raise self._terminal_error(exc, "attach terminal") from exc
+                continue  # no status: the daemon refused after the upgrade (no such session)
+            except Exception as exc:
+                raise self._terminal_error(exc, "attach terminal") from exc
+            terminal = DaytonaTerminal(handle, call=self._call)
+            try:
+                terminal.resize(cols, rows)
+            except ProviderError:
+                terminal.detach()
+                raise
+            return terminal
+        raise ProviderError("Daytona attach terminal failed: the session ended while attaching.")
+
+    def _terminal_error(self, exc: Exception, operation: str) -> ProviderError:
+        error = provider_error(exc, operation, idempotent=True, secrets=(self._api_key,))
+        if error.kind is ErrorKind.CONFLICT:
+            # The sandbox stopped after the lookup: the toolbox refuses its PTYs with 409.
+            error = ProviderError(error.message, kind=ErrorKind.INVALID_STATE)
+        _log_failure(operation, error)
+        return error
+
     # -- building blocks ----------------------------------------------------------------
 
     @property
@@ -231,6 +289,12 @@ class DaytonaProvider(SandboxProvider):
                 if self._sandbox_api is None:
                     self._sandbox_api = self._connect()
         return self._sandbox_api
+
+    @property
+    def _sdk(self) -> Daytona:
+        self._api  # noqa: B018  (builds the client on first use)
+        assert self._client is not None
+        return self._client
 
     def _connect(self) -> SandboxApi:
         if not self._api_key:
@@ -244,6 +308,7 @@ class DaytonaProvider(SandboxProvider):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             client = Daytona(config)
+        self._client = client
         # The generated API addresses sandboxes by id; the SDK keeps it on the client.
         api: SandboxApi = client._sandbox_api
         # urllib3's default retry sleeps through any Retry-After on a GET, however long;
@@ -454,6 +519,100 @@ class DaytonaProvider(SandboxProvider):
             time.sleep(delay)
 
 
+class DaytonaTerminal(TerminalSession):
+    """A PTY session attached through the SDK's ``PtyHandle``.
+
+    The handle only offers a blocking iterator, which a disconnect does not wake, so a pump
+    thread waits on it in slices of ``PTY_POLL_SECONDS`` and hands output over through a
+    bounded queue; :meth:`detach` wakes the reader at once.
+    """
+
+    def __init__(self, handle: PtyHandle, *, call: Callable[..., Any]):
+        self.session_id = handle.session_id
+        self._handle = handle
+        self._call = call
+        self._output: queue.Queue[bytes | None] = queue.Queue(PTY_QUEUED_CHUNKS)
+        self._detached = threading.Event()
+        self._at_end = False
+        self._pump = threading.Thread(target=self._run_pump, name=f"pty-{self.session_id}", daemon=True)
+        self._pump.start()
+
+    def read(self) -> bytes:
+        if self._at_end:
+            return b""
+        chunk = self._output.get()
+        if chunk is None:
+            self._at_end = True
+            return b""
+        parts, size = [chunk], len(chunk)
+        while size < PTY_MAX_READ:
+            try:
+                chunk = self._output.get_nowait()
+            except queue.Empty:
+                break
+            if chunk is None:
+                self._at_end = True
+                break
+            parts.append(chunk)
+            size += len(chunk)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def write(self, data: bytes) -> None:
+        # Not retried: the bytes may have reached the shell.
+        try:
+            self._handle.send_input(data)
+        except Exception as exc:
+            raise ProviderError("The terminal connection to Daytona was lost.") from exc
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._call("resize terminal", lambda: self._handle.resize(PtySize(rows=rows, cols=cols)))
+
+    def detach(self) -> None:
+        self._detached.set()
+        self._handle.disconnect()
+        self._wake_reader()
+
+    def kill(self) -> None:
+        with _gone_is_done():
+            self._call("kill terminal", self._handle.kill)
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._handle.exit_code
+
+    def _run_pump(self) -> None:
+        handle = self._handle
+        try:
+            while not self._detached.is_set():
+                handle.wait(on_data=self._deliver, timeout=PTY_POLL_SECONDS)
+                # The handle records why its stream ended: an exit code, an error, or closed.
+                if handle.exit_code is not None or handle.error is not None or not handle.is_connected():
+                    break
+        finally:
+            self._wake_reader()
+
+    def _deliver(self, chunk: bytes) -> None:
+        while not self._detached.is_set():
+            try:
+                self._output.put(chunk, timeout=PTY_POLL_SECONDS)
+                return
+            except queue.Full:
+                continue
+
+    def _wake_reader(self) -> None:
+        """Queue the end marker, dropping unread output if the queue is full (the reader has
+        gone, or is about to learn that the stream ended)."""
+        while True:
+            try:
+                self._output.put_nowait(None)
+                return
+            except queue.Full:
+                try:
+                    self._output.get_nowait()
+                except queue.Empty:
+                    pass
+
+
 @contextmanager
 def _gone_is_done() -> Iterator[None]:
     """For calls whose purpose is met when the thing is already gone."""
@@ -510,8 +669,13 @@ def provider_error(
     repeated, a transient failure; otherwise an unknown outcome (``TIMEOUT``), which the
     caller resolves by looking the sandbox up. ``secrets`` are scrubbed from the message.
     """
+    exc = _unwrapped(exc)
     if isinstance(exc, ApiException) and exc.status:
-        return _http_error(exc, operation, idempotent=idempotent, secrets=secrets)
+        detail = _server_message(exc.body, secrets)
+        return _http_error(int(exc.status), detail, exc.headers, operation, idempotent=idempotent)
+    if isinstance(exc, DaytonaError) and exc.status_code:
+        detail = _scrubbed(exc.message, secrets)
+        return _http_error(int(exc.status_code), detail, exc.headers, operation, idempotent=idempotent)
     if _never_sent(exc):
         return ProviderError(
             f"Daytona {operation} failed: could not connect to Daytona.",
@@ -533,13 +697,23 @@ def provider_error(
     return ProviderError(f"Daytona {operation} failed: unexpected response from Daytona.")
 
 
+def _unwrapped(exc: Exception) -> Exception:
+    """The failure behind the SDK's ``DaytonaError`` wrappers (the SDK objects' methods raise
+    them ``from`` the API or transport exception), as far as the cause says more."""
+    while isinstance(exc, DaytonaError) and isinstance(exc.__cause__, Exception):
+        cause = exc.__cause__
+        if exc.status_code and not isinstance(cause, (ApiException, DaytonaError)):
+            break  # e.g. a refused websocket upgrade: the wrapper holds its status
+        exc = cause
+    return exc
+
+
 def _http_error(
-    exc: ApiException, operation: str, *, idempotent: bool, secrets: tuple[str, ...]
+    status: int, detail: str, headers: Mapping[str, Any] | None, operation: str, *, idempotent: bool
 ) -> ProviderError:
-    status = int(exc.status)
-    detail = _server_message(exc.body, secrets) or _status_phrase(status)
+    detail = detail or _status_phrase(status)
     message = f"Daytona {operation} failed: {detail} (HTTP {status})."
-    retry_after = _retry_after(exc.headers or {})
+    retry_after = _retry_after(headers or {})
     if status in (404, 410):
         return ProviderError(message, kind=ErrorKind.NOT_FOUND)
     if status == 409:
@@ -586,6 +760,10 @@ def _server_message(body: str | None, secrets: tuple[str, ...]) -> str:
         text = "; ".join(str(part) for part in text)
     if not isinstance(text, str):
         return ""
+    return _scrubbed(text, secrets)
+
+
+def _scrubbed(text: str, secrets: tuple[str, ...]) -> str:
     for secret in secrets:
         if secret:
             text = text.replace(secret, "***")

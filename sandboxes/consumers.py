@@ -1,0 +1,341 @@
+"""The browser terminal: a websocket bridged to a PTY session in the user's sandbox.
+
+Protocol, at ``ws/sandboxes/<remote_id>/terminal/?session=<id>&cols=<C>&rows=<R>``:
+
+- Binary frames from the browser are keystrokes and pasted text (UTF-8); binary frames to the
+  browser are the shell's output, raw.
+- Text frames are JSON control messages. From the browser: ``{"type": "resize", "cols", "rows"}``,
+  and ``{"type": "pause"}`` / ``{"type": "resume"}`` while its terminal cannot keep up. To the
+  browser: ``{"type": "attached", "session"}`` once the shell is there,
+  ``{"type": "status", "state", "message"}`` when the sandbox is not running (then close 4409),
+  ``{"type": "exit", "code"}`` when the shell ended (then close 1000), and
+  ``{"type": "error", "message"}`` before a close that invites a reconnect.
+- Close codes: 4400 bad request, 4401 signed out, 4404 no such sandbox of this user, 4409 the
+  sandbox is not running, 1013 the provider or the shell's connection failed (reconnect with
+  backoff), 1000 the shell exited.
+
+The PTY session is named by the browser (one id per tab) and belongs to the sandbox: a closed
+websocket detaches from it and a reconnect with the same id finds the same shell.
+
+Threads do the blocking work: per connection, one reads the terminal (large reads, handed to
+the event loop in one call each) and one writes input and resizes in arrival order. Output
+waiting for the browser is coalesced into as few frames as possible and bounded: when the
+browser falls behind, the reader stops reading and the shell blocks on its own output.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import queue
+import re
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+
+from . import services
+from .models import Sandbox, SandboxState
+from .providers.base import ErrorKind, ProviderError, TerminalSession
+
+log = logging.getLogger(__name__)
+
+CLOSE_BAD_REQUEST = 4400
+CLOSE_SIGNED_OUT = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_NOT_RUNNING = 4409
+CLOSE_TRY_AGAIN = 1013
+CLOSE_NORMAL = 1000
+
+SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
+MAX_DIMENSION = 1000
+DEFAULT_COLS, DEFAULT_ROWS = 80, 24
+OUTPUT_HIGH_WATER = 4 << 20  # bytes waiting for the browser before the reader stops reading
+MAX_FRAME = 1 << 20
+INPUT_HIGH_WATER = 1 << 20  # bytes waiting for the shell before browser frames stop being read
+ACTIVITY_EVERY_SECONDS = 60
+
+# Provider calls that may take seconds (attach, detach, state lookups), kept off the event loop
+# and off the default executor that the rest of the process shares.
+_provider_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="terminal")
+
+
+class TerminalConsumer(AsyncWebsocketConsumer):
+    """One browser tab's terminal. See the module docstring for the protocol."""
+
+    async def connect(self) -> None:
+        # Accepted first so that every refusal reaches the page with its close code.
+        await self.accept()
+        self.loop = asyncio.get_running_loop()
+        self.terminal: TerminalSession | None = None
+        self.closing = False
+        try:
+            await self._attach()
+        except OSError:
+            # The browser left while the shell was being attached (the server's
+            # ClientDisconnected is an OSError); disconnect() detaches.
+            log.debug("terminal: browser gone during attach", exc_info=True)
+
+    async def _attach(self) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(CLOSE_SIGNED_OUT)
+            return
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        session_id = query.get("session", [""])[0]
+        if not SESSION_ID.fullmatch(session_id):
+            await self.close(CLOSE_BAD_REQUEST)
+            return
+        cols = _dimension(query.get("cols", [""])[0], DEFAULT_COLS)
+        rows = _dimension(query.get("rows", [""])[0], DEFAULT_ROWS)
+
+        remote_id = self.scope["url_route"]["kwargs"]["remote_id"]
+        self.sandbox = await _own_sandbox(user, remote_id)
+        if self.sandbox is None:
+            await self.close(CLOSE_NOT_FOUND)
+            return
+        if self.sandbox.state != SandboxState.STARTED:
+            await self._refuse_not_running(self.sandbox.state)
+            return
+        self.provider = services.provider_for(self.sandbox)
+        try:
+            self.terminal = await self._in_thread(
+                self.provider.open_terminal, remote_id, session_id=session_id, cols=cols, rows=rows
+            )
+        except ProviderError as error:
+            if error.kind is ErrorKind.NOT_FOUND:
+                await self._refuse_not_running(SandboxState.GONE, str(error))
+            elif error.kind is ErrorKind.INVALID_STATE:
+                await self._refuse_not_running(SandboxState.STOPPED, str(error))
+            else:
+                log.warning("terminal of %s: attach failed: %s", self.sandbox.remote_name, error)
+                await self._send_control(type="error", message=str(error))
+                await self.close(CLOSE_TRY_AGAIN)
+            return
+        self._start_bridge()
+        await self._send_control(type="attached", session=session_id)
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.terminal is None or self.closing:
+            return
+        if bytes_data is not None:
+            if not bytes_data:
+                return
+            self.input_pending += len(bytes_data)
+            self.inbox.put(bytes_data)
+            self._note_activity()
+            if self.input_pending > INPUT_HIGH_WATER:
+                # Not reading further frames until the shell has taken most of this in.
+                self.input_drained.clear()
+                await self.input_drained.wait()
+            return
+        self._control(text_data or "")
+
+    async def disconnect(self, code: int) -> None:
+        self.closing = True
+        terminal = getattr(self, "terminal", None)
+        if terminal is None:
+            return
+        self.inbox.put(None)
+        self.output_room.set()
+        self.sender.cancel()
+        try:
+            await self._in_thread(terminal.detach)
+        except ProviderError as error:
+            log.info("terminal detach failed: %s", error)
+        if self.activity_task is not None:
+            await self.activity_task
+
+    # -- the bridge ---------------------------------------------------------------------
+
+    def _start_bridge(self) -> None:
+        self.outbox: list[bytes] = []
+        self.outbox_size = 0
+        self.output_room = threading.Event()  # cleared while the browser is behind
+        self.output_room.set()
+        self.output_ready = asyncio.Event()
+        self.output_ended = False
+        self.paused = False
+        self.inbox: queue.SimpleQueue[bytes | tuple[int, int] | None] = queue.SimpleQueue()
+        self.input_pending = 0
+        self.input_drained = asyncio.Event()
+        self.last_activity = float("-inf")
+        self.activity_task: asyncio.Future | None = None
+        name = f"terminal-{self.terminal.session_id}"
+        threading.Thread(target=self._read_terminal, name=f"{name}-out", daemon=True).start()
+        threading.Thread(target=self._write_terminal, name=f"{name}-in", daemon=True).start()
+        self.sender = asyncio.ensure_future(self._send_output())
+
+    def _read_terminal(self) -> None:
+        """Reader thread: terminal output to the event loop, one call per read."""
+        terminal = self.terminal
+        while not self.closing:
+            try:
+                data = terminal.read()
+            except ProviderError as error:
+                log.info("terminal read failed: %s", error)
+                data = b""
+            except Exception:
+                log.exception("terminal read failed")
+                data = b""
+            if not data:
+                break
+            if not self._on_loop(self._output_arrived, data):
+                return
+            self.output_room.wait()
+        self._on_loop(self._output_finished)
+
+    def _write_terminal(self) -> None:
+        """Writer thread: input and resizes, in the order they came."""
+        terminal = self.terminal
+        while (item := self.inbox.get()) is not None:
+            try:
+                if isinstance(item, bytes):
+                    terminal.write(item)
+                else:
+                    terminal.resize(*item)
+            except ProviderError as error:
+                # A lost connection shows up on the reading side, which ends the session.
+                log.info("terminal write failed: %s", error)
+            except Exception:
+                log.exception("terminal write failed")
+            if isinstance(item, bytes) and not self._on_loop(self._input_written, len(item)):
+                return
+
+    def _on_loop(self, callback, *args) -> bool:
+        """Run ``callback`` on the event loop (from a thread); False once the loop has closed."""
+        try:
+            self.loop.call_soon_threadsafe(callback, *args)
+        except RuntimeError:  # the server is shutting down
+            return False
+        return True
+
+    def _output_arrived(self, data: bytes) -> None:
+        self.outbox.append(data)
+        self.outbox_size += len(data)
+        if self.outbox_size >= OUTPUT_HIGH_WATER:
+            self.output_room.clear()
+        self.output_ready.set()
+
+    def _output_finished(self) -> None:
+        self.output_ended = True
+        self.output_ready.set()
+
+    def _input_written(self, size: int) -> None:
+        self.input_pending -= size
+        if self.input_pending <= INPUT_HIGH_WATER // 2:
+            self.input_drained.set()
+
+    async def _send_output(self) -> None:
+        """Sends what the reader collected, coalesced, until the terminal ends."""
+        try:
+            while True:
+                await self.output_ready.wait()
+                self.output_ready.clear()
+                while self.outbox and not self.paused:
+                    data = self.outbox[0] if len(self.outbox) == 1 else b"".join(self.outbox)
+                    self.outbox.clear()
+                    self.outbox_size = 0
+                    self.output_room.set()
+                    if len(data) <= MAX_FRAME:
+                        await self.send(bytes_data=data)
+                    else:
+                        for start in range(0, len(data), MAX_FRAME):
+                            await self.send(bytes_data=data[start : start + MAX_FRAME])
+                    self._note_activity()
+                if self.output_ended and not self.outbox:
+                    await self._finish()
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the browser went away mid-send; disconnect() cleans up
+            log.debug("terminal output stopped", exc_info=True)
+
+    async def _finish(self) -> None:
+        """The shell ended, or the connection to it did: tell the browser why, then close."""
+        if self.closing:
+            return
+        exit_code = self.terminal.exit_code
+        state = await self._remote_state()
+        if self.closing:
+            return
+        self.closing = True
+        if state is not None and state != SandboxState.STARTED:
+            await self._refuse_not_running(state)
+        elif exit_code is not None:
+            await self._send_control(type="exit", code=exit_code)
+            await self.close(CLOSE_NORMAL)
+        else:
+            await self._send_control(type="error", message="The connection to the shell was lost.")
+            await self.close(CLOSE_TRY_AGAIN)
+
+    def _control(self, text: str) -> None:
+        try:
+            message = json.loads(text)
+        except ValueError:
+            return
+        if not isinstance(message, dict):
+            return
+        kind = message.get("type")
+        if kind == "resize":
+            cols = _dimension(message.get("cols"), 0)
+            rows = _dimension(message.get("rows"), 0)
+            if cols and rows:
+                self.inbox.put((cols, rows))
+        elif kind == "pause":
+            self.paused = True
+        elif kind == "resume":
+            self.paused = False
+            self.output_ready.set()
+
+    # -- helpers ------------------------------------------------------------------------
+
+    def _note_activity(self) -> None:
+        """Input and output count as use of the sandbox; recorded at most once a minute."""
+        now = time.monotonic()
+        if now - self.last_activity < ACTIVITY_EVERY_SECONDS:
+            return
+        self.last_activity = now
+        self.activity_task = asyncio.ensure_future(_record_activity(self.sandbox))
+
+    async def _remote_state(self) -> SandboxState | None:
+        try:
+            remote = await self._in_thread(self.provider.get, self.sandbox.remote_id)
+        except ProviderError:
+            return None
+        return SandboxState.from_remote(remote.state if remote else None)
+
+    async def _refuse_not_running(self, state: str, message: str = "") -> None:
+        await self._send_control(type="status", state=str(state), message=message or "The sandbox is not running.")
+        await self.close(CLOSE_NOT_RUNNING)
+
+    async def _send_control(self, **message) -> None:
+        await self.send(text_data=json.dumps(message))
+
+    async def _in_thread(self, function, *args, **kwargs):
+        return await self.loop.run_in_executor(_provider_calls, lambda: function(*args, **kwargs))
+
+
+@database_sync_to_async
+def _own_sandbox(user, remote_id: str) -> Sandbox | None:
+    return Sandbox.objects.filter(user=user, remote_id=remote_id).first()
+
+
+@database_sync_to_async
+def _record_activity(sandbox: Sandbox) -> None:
+    try:
+        services.sandbox_record_activity(sandbox=sandbox, source="terminal")
+    except Exception:  # activity is best effort; the terminal carries on
+        log.warning("recording terminal activity of %s failed", sandbox.remote_name, exc_info=True)
+
+
+def _dimension(raw, default: int) -> int:
+    try:
+        value = int(raw)
+    except (TypeError, ValueError):
+        return default
+    return min(max(value, 1), MAX_DIMENSION)

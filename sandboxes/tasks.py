@@ -1,0 +1,47 @@
+"""Celery tasks: thin doors to the lifecycle services.
+
+Arguments are ids and plain values, never secrets. Every task is acknowledged after it ran
+(``acks_late``): a worker that dies mid-task leaves the message to be redelivered, so each body
+is idempotent (the services re-check state under row locks and advisory locks). Time limits
+are set per task; the broker's visibility timeout (``CELERY_VISIBILITY_TIMEOUT``) is longer
+than any of them plus the longest retry countdown.
+"""
+
+from __future__ import annotations
+
+from celery import shared_task
+from django.utils import timezone
+
+from . import services
+from .models import Sandbox
+from .providers.base import ProviderError
+
+MAX_RETRY_COUNTDOWN = 300
+
+
+@shared_task(acks_late=True, soft_time_limit=240, time_limit=300, ignore_result=True)
+def reconcile_sandboxes() -> dict:
+    """Beat: mirror remote state into the rows (see ``services.sandboxes_reconcile``)."""
+    report = services.sandboxes_reconcile(now=timezone.now())
+    return {"updated": report.updated, "gone": report.gone, "adopted": report.adopted, "errors": len(report.errors)}
+
+
+@shared_task(acks_late=True, soft_time_limit=240, time_limit=300, ignore_result=True)
+def stop_idle_sandboxes() -> dict:
+    """Beat: the idle policy (see ``services.sandboxes_stop_idle``)."""
+    report = services.sandboxes_stop_idle(now=timezone.now())
+    return {"stopped": len(report.stopped), "failed": len(report.failed), "lock_held": report.lock_held}
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=3, ignore_result=True)
+def refresh_sandbox_activity(self, sandbox_id: int) -> bool:
+    """Reset the provider's idle timer of a sandbox the portal sees in use."""
+    sandbox = Sandbox.objects.filter(pk=sandbox_id).first()
+    if sandbox is None:
+        return False
+    try:
+        return services.sandbox_push_activity(sandbox=sandbox)
+    except ProviderError as exc:
+        if not exc.retryable:
+            raise
+        raise self.retry(exc=exc, countdown=min(exc.retry_after or 30, MAX_RETRY_COUNTDOWN)) from exc
