@@ -14,4 +14,4 @@ RUN mkdir -p var && chown portal:portal var \
 
 USER portal
 EXPOSE 8000
-CMD ["uvicorn", "joepro.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*"]
+CMD ["uvicorn", "joepro.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*", "--ws-per-message-deflate", "false"]

@@ -92,8 +92,17 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": env.db("DATABASE_URL", default=f"sqlite:///{VAR_DIR / 'db.sqlite3'}")}
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
-DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
+    # A pool per process: under ASGI each request has its own connection, and opening one per
+    # request costs milliseconds and, in a burst, more connections than the server allows.
+    DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
+        "min_size": 1,
+        "max_size": env.int("DATABASE_POOL_MAX_SIZE", default=20),
+        "timeout": env.float("DATABASE_POOL_TIMEOUT", default=20),
+    }
+else:
+    DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     # Concurrent launches wait on SQLite's write lock instead of failing at once.
@@ -104,7 +113,7 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 REDIS_URL = env.str("REDIS_URL", default="")
 if REDIS_URL:
-    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": REDIS_URL}}
+    CACHES = {"default": {"BACKEND": "joepro.cache.SharedPoolRedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
@@ -291,7 +300,7 @@ SANDBOX_ACTIVITY_WRITE_SECONDS = env.int("SANDBOX_ACTIVITY_WRITE_SECONDS", defau
 # The provider's idle timer is refreshed at most this often per sandbox while the portal sees activity.
 SANDBOX_ACTIVITY_REFRESH_MINUTES = env.int("SANDBOX_ACTIVITY_REFRESH_MINUTES", default=10)
 # Provider calls in flight at once when stopping or looking up many sandboxes.
-SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=32)
+SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=64)
 # SSH gateway of local sandboxes (manage.py run_ssh_gateway). It listens on loopback unless told
 # otherwise; the host key (relative to the project directory) is generated at the first start.
 SANDBOX_SSH_BIND = env.str("SANDBOX_SSH_BIND", default="127.0.0.1")

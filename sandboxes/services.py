@@ -473,12 +473,10 @@ def _check_launch_rate(user) -> None:
     limit, period = _parse_rate(settings.SANDBOX_LAUNCH_RATE)
     window = int(time.time() // period)
     key = f"sandbox-launch-rate:{user.pk}:{window}"
-    cache.add(key, 0, timeout=period + 1)
     try:
         count = cache.incr(key)
-    except ValueError:  # expired between add and incr
-        cache.set(key, 1, timeout=period + 1)
-        count = 1
+    except ValueError:  # the window's first launch
+        count = 1 if cache.add(key, 1, timeout=period + 1) else cache.incr(key)
     if count > limit:
         retry_after = period - (time.time() % period)
         raise SandboxError(
