@@ -151,7 +151,15 @@ def main(argv: list[str] | None = None) -> int:
     markdown = render(rows, args=args, wall=wall, load=(load_before, os.getloadavg()[0]))
     print()
     print(markdown)
-    if not args.no_write:
+    if args.no_write:
+        return 1 if failed else 0
+    if args.quick or selected != list(SCENARIOS):
+        # docs/benchmarks.md keeps the last complete run; a partial one goes beside the others.
+        partial = ROOT / "var" / "bench" / "partial.md"
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        partial.write_text(markdown + "\n")
+        print(f"\nA partial run: written to {partial.relative_to(ROOT)}, not to {DOC_PATH.relative_to(ROOT)}.")
+    else:
         write_doc(markdown)
         print(f"\nWritten to {DOC_PATH.relative_to(ROOT)}.")
     return 1 if failed else 0

@@ -47,11 +47,12 @@ def terminal(ctx) -> list[Row]:
         return [unavailable_row(SCENARIO, TARGET, problem)]
     root = Path(tempfile.mkdtemp(prefix="joepro-bench-sandboxes-"))
     os.chmod(root, 0o755)
+    cgroup_parent = f"joepro-bench-{os.getpid()}"
     env = {
         **ctx.extra["env"],
         "SANDBOX_PROVIDER": "local",
         "SANDBOX_LOCAL_ROOT": str(root),
-        "SANDBOX_LOCAL_CGROUP_PARENT": f"joepro-bench-{os.getpid()}",
+        "SANDBOX_LOCAL_CGROUP_PARENT": cgroup_parent,
     }
     for key in ("DAYTONA_API_KEY", "DAYTONA_API_URL"):
         env.pop(key, None)
@@ -70,6 +71,7 @@ def terminal(ctx) -> list[Row]:
             if portal is not None:
                 portal.stop()
             shutil.rmtree(root, ignore_errors=True)
+            _remove_empty_cgroups(cgroup_parent)
     echoes = browser["echoes"]
     rates = [received / seconds / 1e6 for received, seconds in browser["cats"]]
     plain_rates = [received / seconds / 1e6 for received, seconds in plain["cats"]]
@@ -231,3 +233,12 @@ async def _session(portal: Portal, visitor: accounts.Visitor, remote_id: str, *,
 def _own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def _remove_empty_cgroups(name: str) -> None:
+    """The run's cgroup parent, once its sandboxes (and their cgroups) are gone."""
+    for directory in [*Path("/sys/fs/cgroup").glob(f"*/{name}"), Path("/sys/fs/cgroup") / name]:
+        try:
+            directory.rmdir()
+        except OSError:
+            pass

@@ -8,6 +8,7 @@ under the site's Content-Security-Policy; a violation, like any script error, fa
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 import socket
 import tempfile
@@ -263,3 +264,53 @@ def test_another_user_cannot_open_the_terminal_page_or_its_websocket(daytona, as
     )
     assert close_code == 4404
     assert daytona.calls["pty_create"] == daytona.calls["pty_connect"] == 0
+
+
+@pytest.mark.parametrize("provider", ["local"], indirect=True)
+def test_a_new_user_signs_up_and_works_in_a_local_sandbox(provider, asgi_server, request):
+    """The whole journey on the embedded default: sign up, open the sandbox, land in the
+    terminal, serve an app on port 3000 and see it at the preview URL, reload and find the
+    same shell."""
+    errors: list[str] = []
+    chromium = request.getfixturevalue("browser")
+    context = chromium.new_context(base_url=asgi_server)
+    context.add_init_script(REPORT_CSP_VIOLATIONS)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    page.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+
+    page.goto("/sandbox-portal/")
+    page.get_by_role("link", name="Sign in to open your sandbox").click()
+    page.get_by_role("link", name="sign up", exact=True).click()
+    page.get_by_label("Email", exact=True).fill("newcomer@example.com")
+    page.get_by_label("Password", exact=True).fill("plum-orbit-canvas-42")
+    page.get_by_label("Password (again)", exact=True).fill("plum-orbit-canvas-42")
+    page.get_by_role("button", name="Sign Up", exact=True).click()
+
+    expect(page.locator("#preview-link")).to_have_attribute("href", re.compile(r"^http://127\.0\.0\.1:\d+/sandboxes/"))
+    preview_url = page.locator("#preview-link").get_attribute("href")
+    page.wait_for_url(re.compile(r"/sandboxes/[0-9a-f]+/terminal/$"), timeout=WAIT_MS)
+    expect(page.locator("#terminal-status")).to_have_text("Connected")
+    page.locator("#terminal").click()
+    type_line(page, "echo $((6*7))")
+    expect_line(page, "42")
+    type_line(page, "mkdir -p site && cd site && echo '<h1>served from my sandbox</h1>' > index.html")
+    type_line(page, "python3 -m http.server 3000 >/dev/null 2>&1 &")
+    type_line(page, "echo started")
+    expect_line(page, "started")
+
+    preview = context.new_page()
+    deadline = time.monotonic() + 10
+    while True:
+        response = preview.goto(preview_url)
+        if response.status == 200 or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)  # the server inside the sandbox may still be binding its port
+    expect(preview.get_by_role("heading", name="served from my sandbox")).to_be_visible()
+
+    page.reload()
+    expect(page.locator("#terminal-status")).to_have_text("Connected")
+    page.locator("#terminal").click()
+    type_line(page, "pwd")
+    expect_line(page, "/home/sandbox/site")  # the same shell, still in the directory it left
+    assert errors == []
