@@ -188,33 +188,45 @@ def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
     """
     _check_launch_rate(user)
     row = sandbox_get_or_create_row(user=user)
-    failure: Exception | None = None
+    try:
+        with _locked_for_action(row) as sandbox:
+            return _launch_locked(sandbox, provider_for(sandbox), user, now or timezone.now())
+    except (ProviderError, SandboxError) as exc:
+        log.warning("launch of %s failed: %s", row.remote_name, exc)
+        raise
+
+
+@contextmanager
+def _locked_for_action(sandbox: Sandbox, *, related: tuple[str, ...] = ()) -> Iterator[Sandbox]:
+    """The sandbox's row, locked for one action on the provider and saved when it ends.
+
+    A ``ProviderError`` or ``SandboxError`` raised by the action is recorded as the row's last
+    error and committed with the row, then raised again: a failed call never rolls back what
+    the portal learnt before it (a new remote id, a state).
+    """
+    failure: ProviderError | SandboxError | None = None
     with transaction.atomic():
-        sandbox = Sandbox.objects.select_for_update().get(pk=row.pk)
-        now = now or timezone.now()
+        row = Sandbox.objects.select_for_update().select_related(*related).get(pk=sandbox.pk)
         try:
-            launch = _launch_locked(sandbox, provider_for(sandbox), user, now)
+            yield row
         except (ProviderError, SandboxError) as exc:
-            _record_failure(sandbox, exc)
-            sandbox.save()
+            _record_failure(row, exc)
             failure = exc
+        row.save()
     if failure is not None:
-        log.warning("launch of %s failed: %s", sandbox.remote_name, failure)
         raise failure
-    return launch
 
 
 def _launch_locked(sandbox: Sandbox, provider: SandboxProvider, user, now: datetime) -> Launch:
+    """The launch under the row lock; the caller saves the row."""
     deadline = time.monotonic() + settings.SANDBOX_LAUNCH_WAIT_SECONDS
     remote, acted = _ensure_started(sandbox, provider, user, deadline)
     _apply_remote(sandbox, remote, now)
     if remote.state is not RemoteState.STARTED:
-        sandbox.save()
         return Launch(sandbox=sandbox, access=None)
     access = _access_for(sandbox, provider, user, fresh=acted, now=now)
     sandbox.last_activity_at = now
     _clear_failure(sandbox)
-    sandbox.save()
     audit(sandbox, AuditEvent.Action.LAUNCH, actor_type=Actor.USER, actor=user)
     return Launch(sandbox=sandbox, access=access)
 
@@ -973,47 +985,32 @@ def sandbox_delete(
 ) -> Sandbox:
     """Destroy the remote sandbox and its files; the row stays (state ``gone``) and the
     owner's next launch creates a new sandbox. Idempotent."""
-    failure: ProviderError | None = None
-    with transaction.atomic():
-        row = Sandbox.objects.select_for_update().get(pk=sandbox.pk)
-        now = now or timezone.now()
-        remote_id, before = row.remote_id, row.state
-        try:
+    try:
+        with _locked_for_action(sandbox) as row:
+            remote_id, before = row.remote_id, row.state
             if remote_id:
                 provider_for(row).delete(remote_id)
-        except ProviderError as exc:
-            _record_failure(row, exc)
-            failure = exc
-        else:
-            _apply_remote(row, None, now)
+            _apply_remote(row, None, now or timezone.now())
             _clear_failure(row)
             audit(row, AuditEvent.Action.DELETE, actor_type=actor_type, actor=actor, reason=reason,
                   remote_id=remote_id, **{"from": before})
-        row.save()
-    sandbox.refresh_from_db()
-    if failure is not None:
-        raise failure
+    finally:
+        sandbox.refresh_from_db()
     return row
 
 
 def sandbox_refresh(*, sandbox: Sandbox, actor_type: str, actor=None, now: datetime | None = None) -> Sandbox:
     """Read the remote sandbox (authoritatively) and mirror it into the row. A row without a
     remote id is looked up by name and adopted after the owner check."""
-    failure: Exception | None = None
-    with transaction.atomic():
-        row = Sandbox.objects.select_for_update().select_related("user").get(pk=sandbox.pk)
-        now = now or timezone.now()
-        provider = provider_for(row)
-        before = row.state
-        try:
+    try:
+        with _locked_for_action(sandbox, related=("user",)) as row:
+            now = now or timezone.now()
+            provider = provider_for(row)
+            before = row.state
             if row.remote_id:
                 remote = provider.get(row.remote_id)
             else:
                 remote = _find_own(row, provider, row.user)
-        except (ProviderError, SandboxError) as exc:
-            _record_failure(row, exc)
-            failure = exc
-        else:
             if remote is not None and remote.state is RemoteState.DESTROYING:
                 remote = None
             if remote is not None or row.remote_id or row.state != SandboxState.PENDING:
@@ -1021,10 +1018,8 @@ def sandbox_refresh(*, sandbox: Sandbox, actor_type: str, actor=None, now: datet
             _fold_remote_activity(row, remote, now)
             audit(row, AuditEvent.Action.STATE_SYNCED, actor_type=actor_type, actor=actor,
                   reason="refreshed from the provider", **{"from": before, "to": row.state})
-        row.save()
-    sandbox.refresh_from_db()
-    if failure is not None:
-        raise failure
+    finally:
+        sandbox.refresh_from_db()
     return row
 
 
