@@ -1,5 +1,7 @@
 """Identity from the session only; nothing of one user reaches another; no secret leaks."""
 
+import base64
+import json
 import logging
 
 import pytest
@@ -97,3 +99,32 @@ def test_portal_launch_rate_limit_is_a_429(daytona, owner, settings):
     assert limited.status_code == 429
     assert limited.json()["error"]["code"] == "rate_limited"
     assert 1 <= int(limited["Retry-After"]) <= 60
+
+
+@pytest.mark.django_db(transaction=True)
+def test_task_messages_carry_ids_only(daytona, owner, settings):
+    """What the broker holds (Redis here) names the sandbox by id: no key, token or URL."""
+    import redis
+    from django.conf import settings as django_settings
+
+    from joepro.celery import app
+    from sandboxes.models import Sandbox
+    from sandboxes.services import sandbox_record_activity
+
+    if not django_settings.REDIS_URL:
+        pytest.skip("needs the Redis broker (bin/test sets REDIS_URL)")
+    broker = redis.Redis.from_url(django_settings.REDIS_URL)
+    queue = app.conf.task_default_queue
+    broker.delete(queue)
+    access = launch(signed_in(owner)).json()["access"]
+    sandbox = Sandbox.objects.get(user=owner)
+
+    sandbox_record_activity(sandbox=sandbox, source="heartbeat")
+
+    messages = [raw.decode() for raw in broker.lrange(queue, 0, -1)]
+    broker.delete(queue)
+    assert messages, "the activity refresh was not enqueued"
+    for secret in (CANARY_KEY, access["ssh"]["token"], access["preview"]["url"], access["terminal"]["daytonaUrl"]):
+        assert all(secret not in message for message in messages)
+    bodies = [json.loads(base64.b64decode(json.loads(m)["body"])) for m in messages]
+    assert [body[0] for body in bodies] == [[sandbox.pk]]
