@@ -11,14 +11,8 @@ import uuid
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
+from tests.browser import REPORT_CSP_VIOLATIONS, launch_chromium
+
 PASSWORD = "plum-orbit-canvas-42"
 STAGES = ("check", "provision", "secure", "ready")
 LAUNCH_TIMEOUT_MS = 60_000  # the fake may add latency; the launcher itself waits up to 5 min
@@ -27,20 +21,11 @@ HTTP_URL = re.compile(r"^https?://")
 
 pytestmark = pytest.mark.browser
 
-# Chromium logs CSP violations itself; this makes each one an explicit console error too.
-REPORT_CSP_VIOLATIONS = """
-document.addEventListener("securitypolicyviolation", (event) => {
-  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI}`);
-});
-"""
-
 
 @pytest.fixture
 def browser_page(live_server, daytona):
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
+        browser = launch_chromium(playwright)
         context = browser.new_context(base_url=live_server.url)
         context.grant_permissions(["clipboard-read", "clipboard-write"], origin=live_server.url)
         context.add_init_script(REPORT_CSP_VIOLATIONS)

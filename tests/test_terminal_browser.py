@@ -25,21 +25,9 @@ from playwright.sync_api import expect, sync_playwright
 from sandboxes import services
 from sandboxes.models import Sandbox
 from sandboxes.providers import get_provider, reset_providers
+from tests.browser import REPORT_CSP_VIOLATIONS, launch_chromium
 from tests.conftest import launch, make_user, signed_in
 
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
-REPORT_CSP_VIOLATIONS = """
-document.addEventListener("securitypolicyviolation", (event) => {
-  console.error(`CSP violation: ${event.violatedDirective} blocked ${event.blockedURI}`);
-});
-"""
 # The rendered lines of the page's terminal (the canvas renderer draws no text into the DOM).
 TERMINAL_HAS_LINE = """(wanted) => {
   const terminal = document.getElementById("terminal").terminal;
@@ -102,9 +90,7 @@ def browser(asgi_server):
     """Headless Chromium. Requested after the test's database work: Playwright runs an event
     loop in this thread, and Django refuses database calls next to one."""
     with sync_playwright() as playwright:
-        chromium = playwright.chromium.launch(
-            executable_path="/usr/bin/chromium", headless=True, args=CHROMIUM_ARGS
-        )
+        chromium = launch_chromium(playwright)
         yield chromium
         chromium.close()
 
@@ -166,18 +152,25 @@ def provider(request, settings):
         shutil.rmtree(root, ignore_errors=True)
 
 
-def test_type_in_the_terminal_reload_and_find_the_same_shell(provider, asgi_server, request):
-    owner = make_user("owner@example.com")
-    client = signed_in(owner)
+def launched_by_owner():
+    """A new user's client and the id of the sandbox it just launched."""
+    client = signed_in(make_user("owner@example.com"))
     response = launch(client)
     assert response.status_code == 200, response.content
-    remote_id = response.json()["sandbox"]["id"]
+    return client, response.json()["sandbox"]["id"]
 
-    errors: list[str] = []
-    page = open_page(request.getfixturevalue("browser"), asgi_server, client, errors)
+
+def open_terminal(page, remote_id: str) -> None:
     page.goto(f"/sandboxes/{remote_id}/terminal/")
     expect(page.locator("#terminal-status")).to_have_text("Connected")
     page.locator("#terminal").click()
+
+
+def test_type_in_the_terminal_reload_and_find_the_same_shell(provider, asgi_server, request):
+    client, remote_id = launched_by_owner()
+    errors: list[str] = []
+    page = open_page(request.getfixturevalue("browser"), asgi_server, client, errors)
+    open_terminal(page, remote_id)
     type_line(page, "echo $((6*7))")
     expect_line(page, "42")
     type_line(page, "export MARK=abc")
@@ -193,17 +186,10 @@ def test_type_in_the_terminal_reload_and_find_the_same_shell(provider, asgi_serv
 
 
 def test_a_dropped_connection_reconnects_to_the_same_shell(daytona, asgi_server, request):
-    owner = make_user("owner@example.com")
-    client = signed_in(owner)
-    response = launch(client)
-    assert response.status_code == 200, response.content
-    remote_id = response.json()["sandbox"]["id"]
-
+    client, remote_id = launched_by_owner()
     errors: list[str] = []
     page = open_page(request.getfixturevalue("browser"), asgi_server, client, errors)
-    page.goto(f"/sandboxes/{remote_id}/terminal/")
-    expect(page.locator("#terminal-status")).to_have_text("Connected")
-    page.locator("#terminal").click()
+    open_terminal(page, remote_id)
     type_line(page, "export MARK=abc; echo ready")
     expect_line(page, "ready")
 
@@ -222,12 +208,8 @@ def test_a_dropped_connection_reconnects_to_the_same_shell(daytona, asgi_server,
 
 
 def test_a_stopped_sandbox_resumes_with_one_click(daytona, asgi_server, request):
-    owner = make_user("owner@example.com")
-    client = signed_in(owner)
-    response = launch(client)
-    assert response.status_code == 200, response.content
-    remote_id = response.json()["sandbox"]["id"]
-    sandbox = Sandbox.objects.get(user=owner)
+    client, remote_id = launched_by_owner()
+    sandbox = Sandbox.objects.get(remote_id=remote_id)
     services.sandbox_stop(sandbox=sandbox, actor_type="system", reason="idle")
     assert daytona.sandbox(remote_id)["state"] == "stopped"
 

@@ -1,26 +1,15 @@
 // The portal's launcher: asks the API to create or resume the user's sandbox, follows it
 // through its transition, shows the access details and then opens the terminal.
 //
-// Protocol (JSON everywhere, errors as {"error": {"code", "message"}}):
-//   POST create -> 200 {sandbox, access}: ready.
-//               -> 202 {sandbox} or 409: a transition is under way; poll GET status until the
-//                  state settles, then POST create again to obtain access.
-//               -> 401: signed out, go to the sign-in page.
-//               -> 429 / 503: retry by itself after Retry-After seconds.
-//   POST heartbeat every minute while the tab is visible and a sandbox is open.
+// The launch protocol lives in sandbox-api.js; besides it, the page POSTs heartbeat every
+// minute while the tab is visible and a sandbox is open.
 
-const POLL_INTERVAL_MS = 1500;
+import { LaunchError, SignInRequired, callApi, launchSandbox } from "./sandbox-api.js";
+
 const LAUNCH_TIMEOUT_MS = 5 * 60 * 1000;
-const DEFAULT_RETRY_SECONDS = 5;
-const MAX_RETRY_SECONDS = 120;
 const REDIRECT_DELAY_SECONDS = 5;
 const HEARTBEAT_INTERVAL_MS = 60 * 1000;
 const COPIED_FEEDBACK_MS = 2000;
-// A conflict that outlives this many waits for the sandbox to settle is not a transition.
-const MAX_CONFLICTS = 3;
-
-// Remote states after which POST create decides what to do next (use, start or recover).
-const SETTLED_STATES = new Set(["started", "stopped", "archived", "error"]);
 
 const PROVISION_COPY = {
   creating: {
@@ -44,17 +33,18 @@ const STAGE_STATE_TEXT = {
   failed: "failed",
 };
 
-const NETWORK_ERROR_MESSAGE = "We could not reach the portal. Check your connection and try again.";
 const UNEXPECTED_ERROR_MESSAGE = "Something went wrong on this page. Reload it and try again.";
-const FALLBACK_MESSAGES = {
-  403: "Your session has expired. Reload the page and try again.",
-  404: "Your sandbox could not be found. Try again to create a new one.",
-  429: "Too many launches in a short time.",
-  503: "The sandbox service is unavailable right now.",
+const LAUNCH_MESSAGES = {
+  tooSlow:
+    "Your sandbox is taking longer than usual to start. Try again in a minute; " +
+    "if it keeps happening, contact support.",
+  byStatus: {
+    403: "Your session has expired. Reload the page and try again.",
+    404: "Your sandbox could not be found. Try again to create a new one.",
+    429: "Too many launches in a short time.",
+    503: "The sandbox service is unavailable right now.",
+  },
 };
-
-class LaunchError extends Error {}
-class SignInRequired extends Error {}
 
 const launcher = document.getElementById("launcher");
 const launchButton = document.getElementById("launch-button");
@@ -108,6 +98,7 @@ function setUpLauncher() {
   let copyFeedbackTimer = null;
 
   launchButton.addEventListener("click", launch);
+  launchButton.disabled = false; // rendered disabled: a click before this script runs would do nothing
   retryButton.addEventListener("click", () => (skipRetryWait ? skipRetryWait() : launch()));
   cancelRedirectButton.addEventListener("click", cancelRedirect);
   copyButton.addEventListener("click", copySshCommand);
@@ -155,63 +146,28 @@ function setUpLauncher() {
   }
 
   // Resolves with the 200 body of POST create; throws LaunchError or SignInRequired.
-  async function runLaunch(deadline) {
+  function runLaunch(deadline) {
     setStage("check", "active");
     setStatus("Checking your sandbox…");
-    let conflicts = 0;
-    for (;;) {
-      ensureBefore(deadline);
-      const response = await callApi("POST", urls.create);
-      conflicts = response.status === 409 ? conflicts + 1 : 0;
-      switch (response.status) {
-        case 200:
-          return response.body;
-        case 409:
-          if (conflicts >= MAX_CONFLICTS) throw new LaunchError(errorText(response));
-        // falls through: a transition is under way, wait for it as for 202
-        case 202:
-          await waitForSettledState(response, deadline);
-          break;
-        case 401:
-          throw new SignInRequired();
-        case 429:
-        case 503:
-          await waitToRetry(response);
-          break;
-        default:
-          throw new LaunchError(errorText(response));
-      }
-    }
+    return launchSandbox({
+      urls,
+      csrfToken,
+      deadline,
+      messages: LAUNCH_MESSAGES,
+      onWaiting: () => setStage("check", "done"),
+      onState: showProvisioning,
+      onSettled: showSecuring,
+      onRetry: waitToRetry,
+    });
   }
 
-  async function waitForSettledState(response, deadline) {
-    let sandbox = response.body?.sandbox;
-    let delayMs = response.retryAfterSeconds ? response.retryAfterSeconds * 1000 : POLL_INTERVAL_MS;
-    setStage("check", "done");
-    for (;;) {
-      if (sandbox) showProvisioning(sandbox.state);
-      if (sandbox && SETTLED_STATES.has(sandbox.state)) break;
-      await sleep(delayMs);
-      ensureBefore(deadline);
-      const poll = await callApi("GET", urls.status);
-      delayMs = poll.retryAfterSeconds ? poll.retryAfterSeconds * 1000 : POLL_INTERVAL_MS;
-      if (poll.status === 200) {
-        sandbox = poll.body?.sandbox;
-      } else if (poll.status === 404) {
-        break; // gone meanwhile: POST create makes a new one
-      } else if (poll.status === 401) {
-        throw new SignInRequired();
-      } else if (poll.status !== 429 && poll.status !== 503) {
-        throw new LaunchError(errorText(poll));
-      }
-    }
+  function showSecuring() {
     setStage("provision", "done");
     setStage("secure", "active");
     setStatus("Securing access…");
   }
 
   function showProvisioning(state) {
-    if (SETTLED_STATES.has(state)) return;
     const copy = PROVISION_COPY[state] ?? PROVISION_COPY.starting;
     provisionLabel.textContent = copy.label;
     setStage("provision", "active");
@@ -219,9 +175,9 @@ function setUpLauncher() {
   }
 
   // Shows the server's message with a countdown; resolves when it runs out or on "Retry now".
-  function waitToRetry(response) {
-    let remaining = response.retryAfterSeconds ?? DEFAULT_RETRY_SECONDS;
-    showError(errorText(response));
+  function waitToRetry({ message, seconds }) {
+    let remaining = seconds;
+    showError(message);
     retryButton.textContent = "Retry now";
     retryCountdown.hidden = false;
     const renderCountdown = () => {
@@ -361,7 +317,7 @@ function setUpLauncher() {
     if (document.visibilityState !== "visible") return;
     lastHeartbeatAt = Date.now();
     try {
-      const response = await callApi("POST", urls.heartbeat);
+      const response = await callApi("POST", urls.heartbeat, csrfToken);
       if (response.status === 401) {
         window.clearInterval(heartbeatTimer);
         heartbeatTimer = null;
@@ -370,31 +326,6 @@ function setUpLauncher() {
       // Offline for a moment: the next beat tries again. Other statuses (an endpoint not
       // deployed yet, a sandbox stopped meanwhile) need no reaction from the page.
     }
-  }
-
-  async function callApi(method, url) {
-    const init = {
-      method,
-      credentials: "same-origin",
-      headers: { Accept: "application/json" },
-    };
-    if (method === "POST") {
-      init.headers["Content-Type"] = "application/json";
-      init.headers["X-CSRFToken"] = csrfToken;
-      init.body = "{}";
-    }
-    let response;
-    try {
-      response = await fetch(url, init);
-    } catch {
-      throw new LaunchError(NETWORK_ERROR_MESSAGE);
-    }
-    const body = await response.json().catch(() => null);
-    return {
-      status: response.status,
-      body,
-      retryAfterSeconds: parseRetryAfter(response.headers.get("Retry-After")),
-    };
   }
 
   function setStage(name, state) {
@@ -434,33 +365,6 @@ function setUpLauncher() {
   }
 }
 
-function ensureBefore(deadline) {
-  if (Date.now() > deadline) {
-    throw new LaunchError(
-      "Your sandbox is taking longer than usual to start. Try again in a minute; " +
-        "if it keeps happening, contact support.",
-    );
-  }
-}
-
-function errorText(response) {
-  return (
-    response.body?.error?.message ??
-    FALLBACK_MESSAGES[response.status] ??
-    `Something went wrong (HTTP ${response.status}). Try again.`
-  );
-}
-
-// Retry-After is either delay-seconds or an HTTP date; the result is clamped to a sane range.
-function parseRetryAfter(value) {
-  if (!value) return null;
-  const seconds = /^\d+$/.test(value.trim())
-    ? Number(value)
-    : (Date.parse(value) - Date.now()) / 1000;
-  if (Number.isNaN(seconds)) return null;
-  return Math.min(Math.max(Math.ceil(seconds), 1), MAX_RETRY_SECONDS);
-}
-
 // Only http(s) URLs that came from the server are ever followed or linked.
 function httpUrl(value) {
   if (typeof value !== "string") return null;
@@ -470,8 +374,4 @@ function httpUrl(value) {
   } catch {
     return null;
   }
-}
-
-function sleep(ms) {
-  return new Promise((resolve) => window.setTimeout(resolve, ms));
 }

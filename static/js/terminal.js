@@ -12,45 +12,43 @@
 // The session id lives in sessionStorage, one per tab: a reload or a reconnect reattaches to
 // the same shell, which keeps running in the sandbox while nobody is connected.
 
-(function () {
-  "use strict";
+import { LaunchError, SignInRequired, launchSandbox, sleep, waitUntilSettled } from "./sandbox-api.js";
 
-  const CLOSE_BAD_REQUEST = 4400;
-  const CLOSE_SIGNED_OUT = 4401;
-  const CLOSE_NOT_FOUND = 4404;
-  const CLOSE_NOT_RUNNING = 4409;
-  const FIRST_RETRY_SECONDS = 1;
-  const MAX_RETRY_SECONDS = 30;
-  const RESIZE_DEBOUNCE_MS = 80;
-  const POLL_INTERVAL_MS = 1500;
-  const RESUME_TIMEOUT_MS = 5 * 60 * 1000;
-  const MAX_CONFLICTS = 3;
-  const DEFAULT_RETRY_SECONDS = 5;
-  // Output handed to xterm but not yet rendered: above HIGH the server is asked to pause
-  // (the shell then blocks on its output), below LOW to resume.
-  const FLOW_HIGH_WATER = 4 * 1024 * 1024;
-  const FLOW_LOW_WATER = 512 * 1024;
+const CLOSE_BAD_REQUEST = 4400;
+const CLOSE_SIGNED_OUT = 4401;
+const CLOSE_NOT_FOUND = 4404;
+const CLOSE_NOT_RUNNING = 4409;
+const FIRST_RETRY_SECONDS = 1;
+const MAX_RETRY_SECONDS = 30;
+const RESIZE_DEBOUNCE_MS = 80;
+const RESUME_TIMEOUT_MS = 5 * 60 * 1000;
+// Output handed to xterm but not yet rendered: above HIGH the server is asked to pause
+// (the shell then blocks on its output), below LOW to resume.
+const FLOW_HIGH_WATER = 4 * 1024 * 1024;
+const FLOW_LOW_WATER = 512 * 1024;
 
-  class ResumeError extends Error {}
-  class SignInRequired extends Error {}
+const RESUME_MESSAGES = {
+  tooSlow: "Your sandbox is taking longer than usual to start. Try again.",
+};
+const STARTING_STATES = new Set(["creating", "starting"]);
+const STATE_TEXT = {
+  pending: "Your sandbox has not been created yet.",
+  stopping: "Your sandbox is stopping.",
+  stopped: "Your sandbox is stopped.",
+  archived: "Your sandbox is stopped (archived).",
+  error: "Your sandbox ran into an error.",
+  gone: "Your sandbox no longer exists; resuming creates a new one.",
+  unknown: "Your sandbox is not running.",
+};
 
-  const TOO_SLOW_MESSAGE = "Your sandbox is taking longer than usual to start. Try again.";
-  const SETTLED_STATES = new Set(["started", "stopped", "archived", "error"]);
-  const STARTING_STATES = new Set(["creating", "starting"]);
-  const STATE_TEXT = {
-    pending: "Your sandbox has not been created yet.",
-    stopping: "Your sandbox is stopping.",
-    stopped: "Your sandbox is stopped.",
-    archived: "Your sandbox is stopped (archived).",
-    error: "Your sandbox ran into an error.",
-    gone: "Your sandbox no longer exists; resuming creates a new one.",
-    unknown: "Your sandbox is not running.",
-  };
+const app = document.getElementById("terminal-app");
+const screen = document.getElementById("terminal");
 
-  const app = document.getElementById("terminal-app");
-  const screen = document.getElementById("terminal");
-  if (!app || !screen || typeof window.Terminal !== "function") return;
+if (app && screen && typeof window.Terminal === "function") {
+  setUpTerminal();
+}
 
+function setUpTerminal() {
   const byId = (id) => document.getElementById(id);
   const statusBox = app.querySelector(".terminal-status");
   const statusText = byId("terminal-status");
@@ -313,7 +311,7 @@
   function showNotRunning(state) {
     if (STARTING_STATES.has(state)) {
       setStatus("Your sandbox is starting…", "busy");
-      waitUntilSettled(state).then(afterSettled, showResumeError);
+      waitUntilSettled({ ...resumeOptions(), state }).then(afterSettled, showResumeError);
       return;
     }
     setStatus(STATE_TEXT[state] || STATE_TEXT.unknown, "stopped");
@@ -332,7 +330,7 @@
     resumeButton.setAttribute("aria-disabled", "true");
     setStatus("Resuming your sandbox…", "busy");
     try {
-      const sandbox = await launch(Date.now() + RESUME_TIMEOUT_MS);
+      const sandbox = (await launchSandbox(resumeOptions()))?.sandbox;
       if (sandbox?.id && sandbox.id !== remoteId) {
         // A sandbox that was gone has been made anew, under a new id: its own page.
         window.location.assign(urls.terminalTemplate.replace("REMOTE_ID", encodeURIComponent(sandbox.id)));
@@ -353,70 +351,29 @@
       window.location.assign(urls.login);
       return;
     }
-    setStatus(error instanceof ResumeError ? error.message : "Resuming failed. Try again.", "error");
+    setStatus(error instanceof LaunchError ? error.message : "Resuming failed. Try again.", "error");
     showButtons({ resume: true });
   }
 
-  // POST create until it answers 200 (as the portal's launcher does); returns the sandbox.
-  async function launch(deadline) {
-    let conflicts = 0;
-    for (;;) {
-      if (Date.now() > deadline) throw new ResumeError(TOO_SLOW_MESSAGE);
-      const response = await callApi("POST", urls.create);
-      conflicts = response.status === 409 ? conflicts + 1 : 0;
-      switch (response.status) {
-        case 200:
-          return response.body?.sandbox;
-        case 409:
-          if (conflicts >= MAX_CONFLICTS) throw new ResumeError(errorText(response));
-        // falls through: a transition is under way
-        case 202:
-          await waitUntilSettled(response.body?.sandbox?.state, deadline);
-          break;
-        case 401:
-          throw new SignInRequired();
-        case 429:
-        case 503:
-          setStatus(`${errorText(response)} Retrying…`, "busy");
-          await sleep((response.retryAfterSeconds || DEFAULT_RETRY_SECONDS) * 1000);
-          break;
-        default:
-          throw new ResumeError(errorText(response));
-      }
-    }
+  // What launchSandbox and waitUntilSettled need from this page, with a fresh deadline.
+  function resumeOptions() {
+    return {
+      urls,
+      csrfToken,
+      deadline: Date.now() + RESUME_TIMEOUT_MS,
+      messages: RESUME_MESSAGES,
+      onState: showStarting,
+      onRetry: retryAfterWaiting,
+    };
   }
 
-  // Polls GET status until the sandbox leaves its transition; resolves with the state.
-  async function waitUntilSettled(state, deadline = Date.now() + RESUME_TIMEOUT_MS) {
-    while (!SETTLED_STATES.has(state)) {
-      if (Date.now() > deadline) throw new ResumeError(TOO_SLOW_MESSAGE);
-      if (STARTING_STATES.has(state)) setStatus("Your sandbox is starting…", "busy");
-      await sleep(POLL_INTERVAL_MS);
-      const poll = await callApi("GET", urls.status);
-      if (poll.status === 200) state = poll.body?.sandbox?.state;
-      else if (poll.status === 404) return "gone";
-      else if (poll.status === 401) throw new SignInRequired();
-      else if (poll.status !== 429 && poll.status !== 503) throw new ResumeError(errorText(poll));
-    }
-    return state;
+  function showStarting(state) {
+    if (STARTING_STATES.has(state)) setStatus("Your sandbox is starting…", "busy");
   }
 
-  async function callApi(method, url) {
-    const init = { method, credentials: "same-origin", headers: { Accept: "application/json" } };
-    if (method === "POST") {
-      init.headers["Content-Type"] = "application/json";
-      init.headers["X-CSRFToken"] = csrfToken;
-      init.body = "{}";
-    }
-    let response;
-    try {
-      response = await fetch(url, init);
-    } catch {
-      throw new ResumeError("We could not reach the portal. Check your connection and try again.");
-    }
-    const body = await response.json().catch(() => null);
-    const retryAfterSeconds = parseRetryAfter(response.headers.get("Retry-After"));
-    return { status: response.status, body, retryAfterSeconds };
+  function retryAfterWaiting({ message, seconds }) {
+    setStatus(`${message} Retrying…`, "busy");
+    return sleep(seconds * 1000);
   }
 
   // -- page bits -------------------------------------------------------------------------
@@ -446,19 +403,4 @@
   function cssVariable(name) {
     return getComputedStyle(document.documentElement).getPropertyValue(name).trim();
   }
-
-  function errorText(response) {
-    return response.body?.error?.message ?? `Something went wrong (HTTP ${response.status}). Try again.`;
-  }
-
-  function parseRetryAfter(value) {
-    if (!value) return null;
-    const seconds = /^\d+$/.test(value.trim()) ? Number(value) : (Date.parse(value) - Date.now()) / 1000;
-    if (Number.isNaN(seconds)) return null;
-    return Math.min(Math.max(Math.ceil(seconds), 1), 120);
-  }
-
-  function sleep(ms) {
-    return new Promise((resolve) => window.setTimeout(resolve, ms));
-  }
-})();
+}
