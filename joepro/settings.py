@@ -4,6 +4,7 @@ Every variable is listed with a one-line comment in `.env.example`. Nothing is r
 the embedded default: SQLite, an embedded Celery broker and sandboxes on this machine.
 """
 
+import hashlib
 import os
 import secrets
 from datetime import timedelta
@@ -287,7 +288,19 @@ SANDBOX_LAUNCH_RATE = env.str("SANDBOX_LAUNCH_RATE", default="30/m")
 SANDBOX_ACCESS_REUSE_MARGIN = timedelta(minutes=env.int("SANDBOX_ACCESS_REUSE_MARGIN_MINUTES", default=30))
 # Local provider: where workspaces live (never inside a path sandboxes see), the SSH gateway
 # users are told to connect to, bubblewrap, the host uids of sandboxes and their cgroups.
-SANDBOX_LOCAL_ROOT = Path(env.str("SANDBOX_LOCAL_ROOT", default=str(VAR_DIR / "sandboxes"))).absolute()
+
+
+def _default_local_root() -> Path:
+    """var/sandboxes, unless the portal runs as root in a checkout other users cannot traverse
+    (a clone under /root, say): each sandbox then runs as a uid of its own that must reach its
+    home, so homes go under /var/lib/joepro instead, one directory per checkout."""
+    root = VAR_DIR / "sandboxes"
+    if os.geteuid() != 0 or all(parent.stat().st_mode & 0o001 for parent in root.parents if parent.exists()):
+        return root
+    return Path("/var/lib/joepro") / hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12] / "sandboxes"
+
+
+SANDBOX_LOCAL_ROOT = Path(env.str("SANDBOX_LOCAL_ROOT", default="") or _default_local_root()).absolute()
 SANDBOX_SSH_HOST = env.str("SANDBOX_SSH_HOST", default="localhost")
 SANDBOX_SSH_PORT = env.int("SANDBOX_SSH_PORT", default=2222)
 SANDBOX_BWRAP = env.str("SANDBOX_BWRAP", default="bwrap")
