@@ -1,20 +1,27 @@
 """The contract between the portal and a sandbox backend.
 
 A provider manages remote sandboxes on one backend (Daytona, or this machine). The portal's
-services call it; nothing else does. Every method is synchronous, safe to call from several
-threads at once, and raises only :class:`ProviderError` (chained ``from`` the backend's own
-exception). No backend object or exception crosses this boundary: results are the frozen
-dataclasses below.
+services (:mod:`sandboxes.services`) call it; nothing else does: API, pages, websockets, the
+SSH gateway, admin, tasks and commands all go through the services. Every method is
+synchronous, safe to call from several threads at once, and raises only :class:`ProviderError`
+(chained ``from`` the backend's own exception). No backend object or exception crosses this
+boundary: results are the frozen dataclasses below.
 
 Remote sandboxes are addressed by ``remote_id`` (the backend's id). The portal names each
-sandbox deterministically (:func:`sandboxes.naming.remote_name`); the name is the idempotency
-key of :meth:`SandboxProvider.create`, and :meth:`SandboxProvider.find` looks a name up
-authoritatively.
+sandbox deterministically (:func:`sandboxes.services.remote_name_for`); the name is the
+idempotency key of :meth:`SandboxProvider.create`, and :meth:`SandboxProvider.find` looks a name
+up authoritatively.
+
+Some abilities only some backends have; each is a :class:`Capability`, listed in the provider's
+``capabilities`` and asked for with :meth:`SandboxProvider.supports`. Their methods are part of
+this contract, and a provider without the capability raises ``ProviderError(kind=REJECTED)``
+from them.
 """
 
 from __future__ import annotations
 
 import enum
+import socket
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -49,6 +56,7 @@ class ErrorKind(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # backend down, 5xx, transport failure
     TIMEOUT = "timeout"  # outcome unknown: the backend may or may not have acted
     REJECTED = "rejected"  # credentials, quota, validation: retrying will not help
+    PORT_CLOSED = "port_closed"  # nothing listens on the sandbox port asked for
 
 
 class ProviderError(Exception):
@@ -75,6 +83,26 @@ class ProviderError(Exception):
 
     def __repr__(self) -> str:
         return f"ProviderError({self.message!r}, kind={self.kind.value}, retryable={self.retryable})"
+
+
+class PortClosed(ProviderError):
+    """Nothing listens on the requested port inside the sandbox (:meth:`SandboxProvider.open_relay`)."""
+
+    def __init__(self, port: int):
+        super().__init__(f"Nothing is listening on port {port} in the sandbox.", kind=ErrorKind.PORT_CLOSED)
+        self.port = port
+
+
+class Capability(enum.StrEnum):
+    """An optional part of the contract. A provider lists those it has in ``capabilities``."""
+
+    # open_terminal(command=[...]) runs that program instead of the login shell (the portal's
+    # own SSH gateway runs an SSH client's command that way).
+    TERMINAL_COMMAND = "terminal_command"
+    # The portal serves the preview itself: link_nonce() and open_relay().
+    PREVIEW_RELAY = "preview_relay"
+    # The portal's own SSH gateway serves the sandboxes: resolve_ssh_token() and ssh_token_sandbox().
+    SSH_GATEWAY = "ssh_gateway"
 
 
 @dataclass(frozen=True)
@@ -180,6 +208,13 @@ class SandboxProvider:
     """
 
     name: str = ""
+    capabilities: frozenset[Capability] = frozenset()
+
+    def supports(self, capability: Capability) -> bool:
+        return capability in self.capabilities
+
+    def _lacks(self, capability: Capability) -> ProviderError:
+        return ProviderError(f"The {self.name} provider cannot do this ({capability}).", kind=ErrorKind.REJECTED)
 
     def find(self, name: str) -> RemoteSandbox | None:
         """Look a sandbox up by its exact name. Authoritative (not eventually consistent).
@@ -256,12 +291,44 @@ class SandboxProvider:
         """Tell the backend the sandbox is in use, resetting its own idle timer."""
         raise NotImplementedError
 
-    def open_terminal(self, remote_id: str, *, session_id: str, cols: int, rows: int) -> TerminalSession:
+    def open_terminal(
+        self, remote_id: str, *, session_id: str, cols: int, rows: int, command: list[str] | None = None
+    ) -> TerminalSession:
         """Attach to the PTY session ``session_id`` of a started sandbox, creating it (a login
         shell in the sandbox's home directory, ``TERM=xterm-256color``) when it does not exist.
 
         ``session_id`` is chosen by the caller (letters, digits, ``-``; at most 64). Raises
         ``ProviderError(kind=INVALID_STATE)`` when the sandbox is not started and
         ``kind=NOT_FOUND`` when it is gone. Never starts a sandbox by itself.
+
+        ``command`` (only with :attr:`Capability.TERMINAL_COMMAND`, else ``kind=REJECTED``): the
+        program a newly created session runs instead of the login shell.
         """
         raise NotImplementedError
+
+    # -- optional: Capability.PREVIEW_RELAY ---------------------------------------------------
+
+    def link_nonce(self, remote_id: str) -> str | None:
+        """A value that changes at every start, stop and :meth:`revoke_access` of the sandbox:
+        preview links the portal signs with it expire early with it. None unless it runs."""
+        raise self._lacks(Capability.PREVIEW_RELAY)
+
+    def open_relay(self, remote_id: str, port: int) -> socket.socket:
+        """A connected stream (blocking, no timeout) to ``127.0.0.1:port`` inside the running
+        sandbox: raw bytes both ways, half-closes passed on. Raises :class:`PortClosed` when
+        nothing listens there, ``kind=INVALID_STATE`` when the sandbox is not running and
+        ``kind=NOT_FOUND`` when it is gone."""
+        raise self._lacks(Capability.PREVIEW_RELAY)
+
+    # -- optional: Capability.SSH_GATEWAY -----------------------------------------------------
+
+    def resolve_ssh_token(self, token: str) -> str | None:
+        """The id of the running sandbox this SSH token opens; None when the token is unknown,
+        expired, revoked, or its sandbox is not running."""
+        raise self._lacks(Capability.SSH_GATEWAY)
+
+    def ssh_token_sandbox(self, token: str) -> str | None:
+        """The id of the sandbox an unexpired, unrevoked SSH token was minted for, whatever
+        that sandbox's state (so a refusal can say "stopped" rather than "revoked"); None for an
+        unknown, expired or revoked token."""
+        raise self._lacks(Capability.SSH_GATEWAY)
