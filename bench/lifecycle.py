@@ -22,7 +22,7 @@ from .report import Row, duration, unavailable_row
 from .stack import API_KEY, ROOT, manage
 
 COMMANDS = ROOT / "sandboxes" / "management" / "commands"
-PAGE_SIZE = 200  # the provider's page size for GET /sandbox (sandboxes/providers/daytona.py)
+PAGE_SIZE = 200  # the provider's page size for GET /sandbox (sandboxes/providers/daytona/provider.py)
 SEED_CONCURRENCY = 32
 
 
@@ -65,9 +65,7 @@ def add_orphans(ctx, *, prefix: str, count: int) -> None:
     """Sandboxes created for users who have no row (a launch that died before its row was
     written): created through the API with their owner's labels, as the portal creates them."""
     users = accounts.make_users(prefix, count)
-    specs = [
-        {"remote_name": f"{prefix}{user.pk}", "labels": accounts.owner_labels_of(user.pk)} for user in users
-    ]
+    specs = [{"remote_name": f"{prefix}{user.pk}", "labels": accounts.owner_labels_of(user.pk)} for user in users]
     ctx.fake.configure(latency=0.0)
     try:
         asyncio.run(_create_remote(ctx.fake.api_url, specs))

@@ -15,8 +15,8 @@ from functools import partial
 import httpx
 
 from . import accounts, reference
-from .report import Row, calls_per_sample, latency_row, median, ms, p95, ratio
 from .profiling import recording
+from .report import Row, calls_per_sample, latency_row, median, ms, p95, ratio
 from .stack import API_KEY, ROOT, FakeDaytonaProcess, Portal, http_client
 
 LAUNCH = "/api/sandbox/create"
@@ -104,7 +104,9 @@ def sequential_depth(ctx: Context, at_latency: list[float], at_zero: list[float]
 def depth_note(depth: float | None, at_zero: list[float]) -> list[str]:
     if depth is None:
         return []
-    return [f"≈{depth:.1f} sequential provider round trips (the same flow at 0 ms latency: median {ms(median(at_zero))})"]
+    return [
+        f"≈{depth:.1f} sequential provider round trips (the same flow at 0 ms latency: median {ms(median(at_zero))})"
+    ]
 
 
 def at_zero_latency(ctx: Context, action: Callable[[], object], into: Measured) -> object:
@@ -133,8 +135,12 @@ def warm_launch(ctx: Context) -> list[Row]:
         ctx.extra["warm"] = (visitor, remote_id)
         portal, ref = Measured(), Measured()
         for _ in range(ctx.samples):
-            timed_calls(ctx.fake, lambda: post_launch(client, ctx.portal, visitor), portal)
-            timed_calls(ctx.fake, lambda: reference.launch(ctx.reference(), labels=labels, name=name), ref)
+            timed_calls(ctx.fake, partial(post_launch, client, ctx.portal, visitor), portal)
+            timed_calls(
+                ctx.fake,
+                lambda labels=labels, name=name: reference.launch(ctx.reference(), labels=labels, name=name),
+                ref,
+            )
     budget = 1.3 * ctx.round_trip + 0.010
     one_trip = max(portal.calls) <= 1
     fast = median(portal.seconds) <= budget
@@ -253,12 +259,16 @@ def first_launch(ctx: Context) -> list[Row]:
         for _ in range(ctx.samples):
             visitor = fresh.pop()
             before = ctx.fake.calls().get("create", 0)
-            timed_calls(ctx.fake, lambda: post_launch(client, ctx.portal, visitor), portal)
+            timed_calls(ctx.fake, partial(post_launch, client, ctx.portal, visitor), portal)
             creates.append(ctx.fake.calls().get("create", 0) - before)
             labels, name = ctx.reference_identity()
-            timed_calls(ctx.fake, lambda: reference.launch(ctx.reference(), labels=labels, name=name), ref)
+            timed_calls(
+                ctx.fake,
+                lambda labels=labels, name=name: reference.launch(ctx.reference(), labels=labels, name=name),
+                ref,
+            )
             other = fresh.pop()
-            at_zero_latency(ctx, lambda: post_launch(client, ctx.portal, other), zero)
+            at_zero_latency(ctx, partial(post_launch, client, ctx.portal, other), zero)
     share = ratio(portal.seconds, ref.seconds)
     depth = sequential_depth(ctx, portal.seconds, zero.seconds)
     return [

@@ -22,8 +22,8 @@ from pathlib import Path
 from websockets.asyncio.client import connect
 
 from . import accounts
-from .report import Row, median, ms, p95, unavailable_row
 from .profiling import recording
+from .report import Row, median, ms, p95, unavailable_row
 from .scenarios import LAUNCH, profiled_note
 from .stack import ROOT, Portal, http_client, manage
 
@@ -38,7 +38,7 @@ QUIET = 0.3  # seconds without output that count as "the shell is waiting"
 
 
 def terminal(ctx) -> list[Row]:
-    needed = ("sandboxes/consumers.py", "sandboxes/providers/local.py")
+    needed = ("sandboxes/consumers.py", "sandboxes/providers/local/__init__.py")
     missing = [path for path in needed if not (ROOT / path).exists()]
     if missing:
         return [unavailable_row(SCENARIO, TARGET, f"{', '.join(missing)} not there yet")]

@@ -250,7 +250,7 @@ CELERY_TASK_SOFT_TIME_LIMIT = 540
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_TIMEZONE = TIME_ZONE
 # Periodic lifecycle passes. Each message expires after one interval, so a backlog built up
-# while no worker ran is not replayed pass after pass. Exactly one beat may run (see README).
+# while no worker ran is not replayed pass after pass. Exactly one beat may run (docs/operations.md).
 SANDBOX_RECONCILE_SECONDS = env.int("SANDBOX_RECONCILE_SECONDS", default=300)
 SANDBOX_IDLE_CHECK_SECONDS = env.int("SANDBOX_IDLE_CHECK_SECONDS", default=300)
 CELERY_BEAT_SCHEDULE: dict = {

@@ -13,8 +13,8 @@ from django.contrib import admin, messages
 from django.utils import timezone
 
 from . import services
+from .durations import format_duration
 from .models import AuditEvent, Sandbox
-from .providers.base import ProviderError
 
 Actor = AuditEvent.ActorType
 
@@ -33,11 +33,11 @@ class IdleFilter(admin.SimpleListFilter):
     def queryset(self, request, queryset):
         now = timezone.now()
         if self.value() == "over_limit":
-            return queryset.filter(idle_since__lt=now - timedelta(minutes=settings.SANDBOX_IDLE_MINUTES))
+            return queryset.filter(idle_start__lt=now - timedelta(minutes=settings.SANDBOX_IDLE_MINUTES))
         if self.value() == "over_hour":
-            return queryset.filter(idle_since__lt=now - timedelta(hours=1))
+            return queryset.filter(idle_start__lt=now - timedelta(hours=1))
         if self.value() == "active":
-            return queryset.filter(idle_since__gte=now - timedelta(hours=1))
+            return queryset.filter(idle_start__gte=now - timedelta(hours=1))
         return queryset
 
 
@@ -83,7 +83,7 @@ class SandboxAdmin(admin.ModelAdmin):
     readonly_fields = fields
 
     def get_queryset(self, request):
-        return services.with_idle_since(super().get_queryset(request))
+        return super().get_queryset(request).with_idle_since()
 
     def has_add_permission(self, request):
         return False  # rows are made by the owner's first launch
@@ -104,11 +104,11 @@ class SandboxAdmin(admin.ModelAdmin):
     def resources(self, sandbox):
         return f"{sandbox.cpu} CPU / {sandbox.memory_gb} GB / {sandbox.disk_gb} GB disk"
 
-    @admin.display(description="idle for", ordering="idle_since")
+    @admin.display(description="idle for", ordering="idle_start")
     def idle_for(self, sandbox):
         if not sandbox.is_running:
             return "-"
-        return _duration(timezone.now() - sandbox.idle_since)
+        return format_duration(sandbox.idle_for(timezone.now()), style="spaced")
 
     @admin.display(description="last error")
     def short_error(self, sandbox):
@@ -124,49 +124,58 @@ class SandboxAdmin(admin.ModelAdmin):
             actor=request.user,
             reason=f"stopped by {request.user.email or request.user.get_username()} in admin",
         )
-        self._report(request, f"Stopped {len(report.stopped)}, already stopped {len(report.already_stopped)}",
-                     [f"{sandbox.remote_name}: {error}" for sandbox, error in report.failed])
+        self._report(
+            request, f"{report.summary()}.", [f"{sandbox.remote_name}: {error}" for sandbox, error in report.failed]
+        )
 
     @admin.action(description="Start selected sandboxes", permissions=["change"])
     def start_sandboxes(self, request, queryset):
-        self._one_by_one(request, queryset, "Started", lambda sandbox: services.sandbox_start(
-            sandbox=sandbox, actor_type=Actor.ADMIN, actor=request.user, reason="started in admin"
-        ))
+        self._one_by_one(
+            request,
+            queryset,
+            "Started",
+            lambda sandbox: services.sandbox_start(
+                sandbox=sandbox, actor_type=Actor.ADMIN, actor=request.user, reason="started in admin"
+            ),
+        )
 
     @admin.action(description="Delete selected remote sandboxes (files are lost)", permissions=["change"])
     def delete_sandboxes(self, request, queryset):
-        self._one_by_one(request, queryset, "Deleted", lambda sandbox: services.sandbox_delete(
-            sandbox=sandbox, actor_type=Actor.ADMIN, actor=request.user, reason="deleted in admin"
-        ))
+        self._one_by_one(
+            request,
+            queryset,
+            "Deleted",
+            lambda sandbox: services.sandbox_delete(
+                sandbox=sandbox, actor_type=Actor.ADMIN, actor=request.user, reason="deleted in admin"
+            ),
+        )
 
+    # "Refresh" is the operators' word in the console; in the code it is a sync (services.sandbox_sync).
     @admin.action(description="Refresh selected from the provider", permissions=["change"])
     def refresh_sandboxes(self, request, queryset):
-        self._one_by_one(request, queryset, "Refreshed", lambda sandbox: services.sandbox_refresh(
-            sandbox=sandbox, actor_type=Actor.ADMIN, actor=request.user
-        ))
+        self._one_by_one(
+            request,
+            queryset,
+            "Refreshed",
+            lambda sandbox: services.sandbox_sync(sandbox=sandbox, actor_type=Actor.ADMIN, actor=request.user),
+        )
 
     def _one_by_one(self, request, queryset, done: str, act) -> None:
         succeeded, failures = 0, []
         for sandbox in queryset.select_related("user"):
             try:
                 act(sandbox)
-            except (ProviderError, services.SandboxError) as exc:
+            except services.SandboxError as exc:
                 failures.append(f"{sandbox.remote_name}: {exc}")
             else:
                 succeeded += 1
-        self._report(request, f"{done} {succeeded}", failures)
+        self._report(request, f"{done} {succeeded}, failed {len(failures)}.", failures)
 
     def _report(self, request, summary: str, failures: list[str]) -> None:
         level = messages.WARNING if failures else messages.SUCCESS
-        self.message_user(request, f"{summary}, failed {len(failures)}.", level)
+        self.message_user(request, summary, level)
         for failure in failures:
             self.message_user(request, failure, messages.ERROR)
-
-
-def _duration(delta: timedelta) -> str:
-    minutes = max(0, int(delta.total_seconds() // 60))
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h {minutes:02d}m" if hours else f"{minutes}m"
 
 
 @admin.register(AuditEvent)

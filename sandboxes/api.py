@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import logging
 import math
+from datetime import datetime
 
+from django.conf import settings
 from django.http import HttpRequest, HttpResponse
+from django.urls import reverse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
 from ninja.security import SessionAuth
 from pydantic import ConfigDict
 
 from . import services
+from .http import no_store
 from .models import Sandbox
-from .providers.base import ErrorKind, ProviderError
 
 log = logging.getLogger(__name__)
 
@@ -125,35 +128,22 @@ ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: Error
 # --- errors -----------------------------------------------------------------------------------
 
 
+RETRY_HINT_SECONDS = 5  # told to clients of a 429 or 503 when the service gave no hint
+
+
 def error_response(status: int, code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
     response = api.create_response(None, {"error": {"code": code, "message": message}}, status=status)
     if retry_after is not None:
         response["Retry-After"] = str(max(1, math.ceil(retry_after)))
-    response["Cache-Control"] = "no-store"
-    return response
-
-
-PROVIDER_ERROR_STATUS = {
-    ErrorKind.RATE_LIMITED: (429, "rate_limited"),
-    ErrorKind.CONFLICT: (409, "conflict"),
-    ErrorKind.INVALID_STATE: (409, "conflict"),
-}
-
-
-@api.exception_handler(ProviderError)
-def on_provider_error(request, exc: ProviderError):
-    status, code = PROVIDER_ERROR_STATUS.get(exc.kind, (503, "provider_unavailable"))
-    retry_after = exc.retry_after if exc.retry_after is not None else (5 if status in (429, 503) else None)
-    return error_response(status, code, str(exc), retry_after=retry_after)
-
-
-SANDBOX_ERROR_STATUS = {"rate_limited": 429, "name_taken": 409}
+    return no_store(response)
 
 
 @api.exception_handler(services.SandboxError)
 def on_sandbox_error(request, exc: services.SandboxError):
-    status = SANDBOX_ERROR_STATUS.get(exc.code, 409)
-    return error_response(status, exc.code, exc.message, retry_after=exc.retry_after)
+    retry_after = exc.retry_after
+    if retry_after is None and exc.status in (429, 503):
+        retry_after = RETRY_HINT_SECONDS
+    return error_response(exc.status, exc.code, exc.message, retry_after=retry_after)
 
 
 @api.exception_handler(AuthenticationError)
@@ -178,24 +168,59 @@ def on_http_error(request, exc: HttpError):
 @api.exception_handler(Exception)
 def on_unexpected(request, exc: Exception):
     log.exception("unexpected error in %s %s", request.method, request.path)
-    return error_response(503, "internal", "Something went wrong on our side. Please try again.", retry_after=5)
+    return error_response(
+        503, "internal", "Something went wrong on our side. Please try again.", retry_after=RETRY_HINT_SECONDS
+    )
 
 
 # --- endpoints --------------------------------------------------------------------------------
 
 
-def _with_absolute_links(request: HttpRequest, access: dict) -> dict:
-    """Links a provider gives as portal paths (local previews, the terminal page) become full
-    URLs on the host the user reached the portal by."""
+def sandbox_out(sandbox: Sandbox) -> dict:
+    """The API's ``sandbox`` object (:class:`SandboxOut`)."""
     return {
-        **access,
-        "preview": {**access["preview"], "url": request.build_absolute_uri(access["preview"]["url"])},
-        "terminal": {**access["terminal"], "url": request.build_absolute_uri(access["terminal"]["url"])},
+        "id": sandbox.remote_id or None,
+        "name": sandbox.remote_name,
+        "state": sandbox.state,
+        "provider": sandbox.provider,
+        "resources": {"cpu": sandbox.cpu, "memoryGb": sandbox.memory_gb, "diskGb": sandbox.disk_gb},
+        "createdAt": _iso(sandbox.created_at),
+        "lastStartedAt": _iso(sandbox.last_started_at),
+        "lastActivityAt": _iso(sandbox.last_activity_at),
+        "lastError": {"code": sandbox.last_error_code, "message": sandbox.last_error} if sandbox.last_error else None,
     }
 
 
-def _no_store(response: HttpResponse) -> None:
-    response["Cache-Control"] = "no-store"
+def access_out(request: HttpRequest, sandbox: Sandbox, access) -> dict:
+    """The API's ``access`` object (:class:`AccessOut`), links as full URLs on the host the user
+    reached the portal by. The terminal is always the portal's own page (it works for every
+    user); a provider's direct terminal link, where there is one, is ``daytonaUrl``, for members
+    of the Daytona organisation."""
+    terminal_page = reverse("sandbox-terminal", args=[sandbox.remote_id])
+    ssh, preview, terminal = access.ssh, access.preview, access.terminal
+    return {
+        "ssh": {
+            "command": ssh.command,
+            "token": ssh.token,
+            "host": ssh.host,
+            "port": ssh.port,
+            "expiresAt": ssh.expires_at.isoformat(),
+        },
+        "preview": {
+            "url": request.build_absolute_uri(preview.url),
+            "port": settings.SANDBOX_PREVIEW_PORT,
+            "expiresAt": preview.expires_at.isoformat(),
+        },
+        "terminal": {
+            "url": request.build_absolute_uri(terminal_page),
+            "expiresAt": terminal.expires_at.isoformat(),
+            "daytonaUrl": terminal.url if terminal.url != terminal_page else None,
+        },
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
 
 
 @api.post(
@@ -207,12 +232,14 @@ def _no_store(response: HttpResponse) -> None:
     "poll GET /api/sandbox and call again.",
 )
 def sandbox_create(request, response: HttpResponse, payload: LaunchIn | None = None):
-    _no_store(response)
+    no_store(response)
     launch = services.sandbox_launch(user=request.auth)
     if not launch.ready:
         response["Retry-After"] = "2"
-        return Status(202, {"sandbox": launch.sandbox.to_dict()})
-    return Status(200, {"sandbox": launch.sandbox.to_dict(), "access": _with_absolute_links(request, launch.access)})
+        return Status(202, {"sandbox": sandbox_out(launch.sandbox)})
+    return Status(
+        200, {"sandbox": sandbox_out(launch.sandbox), "access": access_out(request, launch.sandbox, launch.access)}
+    )
 
 
 @api.get(
@@ -221,11 +248,11 @@ def sandbox_create(request, response: HttpResponse, payload: LaunchIn | None = N
     summary="The signed-in user's sandbox and its state",
 )
 def sandbox_detail(request, response: HttpResponse):
-    _no_store(response)
+    no_store(response)
     sandbox = services.sandbox_status(user=request.auth)
     if sandbox is None:
         return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})
-    return Status(200, {"sandbox": sandbox.to_dict()})
+    return Status(200, {"sandbox": sandbox_out(sandbox)})
 
 
 class HeartbeatOut(Schema):
@@ -236,11 +263,12 @@ class HeartbeatOut(Schema):
     "/sandbox/heartbeat",
     response={200: HeartbeatOut, **ERRORS},
     summary="Tell the portal the user is working in their sandbox",
-    description="Sent every minute while the portal or terminal page is open. Counts as activity for the "
-    "idle policy (sandboxes stop after SANDBOX_IDLE_MINUTES without activity). 404 when the user has no sandbox.",
+    description="Sent every minute by the portal page while it is visible (the terminal counts its own "
+    "traffic). Counts as activity for the idle policy (sandboxes stop after SANDBOX_IDLE_MINUTES without "
+    "activity). 404 when the user has no sandbox.",
 )
 def sandbox_heartbeat(request, response: HttpResponse, payload: LaunchIn | None = None):
-    _no_store(response)
+    no_store(response)
     sandbox = Sandbox.objects.filter(user=request.auth).first()
     if sandbox is None:
         return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})

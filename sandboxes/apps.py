@@ -6,4 +6,6 @@ class SandboxesConfig(AppConfig):
     verbose_name = "Sandboxes"
 
     def ready(self):
-        from . import checks  # noqa: F401  (registers the system checks)
+        # The system checks register themselves; the tasks too, in every process, since the
+        # services enqueue them by name.
+        from . import checks, tasks  # noqa: F401

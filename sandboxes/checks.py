@@ -1,18 +1,18 @@
 from django.conf import settings
 from django.core.checks import Error, Tags, register
 
-from .providers import PROVIDER_NAMES
+from . import services
 
 
 @register(Tags.compatibility)
 def check_sandbox_provider(app_configs=None, **kwargs):
     errors = []
     provider = settings.SANDBOX_PROVIDER
-    if provider not in PROVIDER_NAMES:
+    if provider not in services.PROVIDER_NAMES:
         errors.append(
             Error(
                 f"SANDBOX_PROVIDER is {provider!r}, which is not a known provider.",
-                hint=f"Set SANDBOX_PROVIDER to one of: {', '.join(PROVIDER_NAMES)}.",
+                hint=f"Set SANDBOX_PROVIDER to one of: {', '.join(services.PROVIDER_NAMES)}.",
                 id="sandboxes.E001",
             )
         )
@@ -61,13 +61,11 @@ LOCAL_PROBLEM_IDS = {
 def _local_provider_errors() -> list[Error]:
     """Sandboxes on this machine need a working bubblewrap; without one the portal says so
     here instead of running anyone's shell unisolated. bwrap is probed once per process."""
-    from .providers.local import LocalProvider
-
     return [
         Error(
             f"SANDBOX_PROVIDER is 'local' (the default without DAYTONA_API_KEY), but {problem.message}",
             hint=problem.hint,
             id=LOCAL_PROBLEM_IDS[problem.code],
         )
-        for problem in LocalProvider.from_settings().problems()
+        for problem in services.provider_problems("local")
     ]

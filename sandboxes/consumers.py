@@ -40,7 +40,6 @@ from channels.generic.websocket import AsyncWebsocketConsumer
 
 from . import services
 from .models import Sandbox, SandboxState
-from .providers.base import ErrorKind, ProviderError, TerminalSession
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +58,9 @@ MAX_FRAME = 1 << 20
 INPUT_HIGH_WATER = 1 << 20  # bytes waiting for the shell before browser frames stop being read
 ACTIVITY_EVERY_SECONDS = 60
 
-# Provider calls that may take seconds (attach, detach, state lookups), kept off the event loop
+# Calls that may take seconds (attach, detach, state lookups), kept off the event loop
 # and off the default executor that the rest of the process shares.
-_provider_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="terminal")
+_blocking_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="terminal")
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):
@@ -71,7 +70,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         # Accepted first so that every refusal reaches the page with its close code.
         await self.accept()
         self.loop = asyncio.get_running_loop()
-        self.terminal: TerminalSession | None = None
+        self.terminal: services.Terminal | None = None
         self.closing = False
         try:
             await self._attach()
@@ -101,15 +100,14 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if self.sandbox.state != SandboxState.STARTED:
             await self._refuse_not_running(self.sandbox.state)
             return
-        self.provider = services.provider_for(self.sandbox)
         try:
             self.terminal = await self._in_thread(
-                self.provider.open_terminal, remote_id, session_id=session_id, cols=cols, rows=rows
+                services.terminal_open, sandbox=self.sandbox, session_id=session_id, cols=cols, rows=rows
             )
-        except ProviderError as error:
-            if error.kind is ErrorKind.NOT_FOUND:
+        except services.SandboxError as error:
+            if error.kind == services.ErrorKind.NOT_FOUND:
                 await self._refuse_not_running(SandboxState.GONE, str(error))
-            elif error.kind is ErrorKind.INVALID_STATE:
+            elif error.kind == services.ErrorKind.INVALID_STATE:
                 await self._refuse_not_running(SandboxState.STOPPED, str(error))
             else:
                 log.warning("terminal of %s: attach failed: %s", self.sandbox.remote_name, error)
@@ -145,7 +143,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.sender.cancel()
         try:
             await self._in_thread(terminal.detach)
-        except ProviderError as error:
+        except services.SandboxError as error:
             log.info("terminal detach failed: %s", error)
         if self.activity_task is not None:
             await self.activity_task
@@ -176,7 +174,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         while not self.closing:
             try:
                 data = terminal.read()
-            except ProviderError as error:
+            except services.SandboxError as error:
                 log.info("terminal read failed: %s", error)
                 data = b""
             except Exception:
@@ -198,7 +196,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                     terminal.write(item)
                 else:
                     terminal.resize(*item)
-            except ProviderError as error:
+            except services.SandboxError as error:
                 # A lost connection shows up on the reading side, which ends the session.
                 log.info("terminal write failed: %s", error)
             except Exception:
@@ -303,11 +301,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.activity_task = asyncio.ensure_future(_record_activity(self.sandbox))
 
     async def _remote_state(self) -> SandboxState | None:
-        try:
-            remote = await self._in_thread(self.provider.get, self.sandbox.remote_id)
-        except ProviderError:
-            return None
-        return SandboxState.from_remote(remote.state if remote else None)
+        return await self._in_thread(services.sandbox_remote_state, sandbox=self.sandbox)
 
     async def _refuse_not_running(self, state: str, message: str = "") -> None:
         await self._send_control(type="status", state=str(state), message=message or "The sandbox is not running.")
@@ -317,7 +311,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(message))
 
     async def _in_thread(self, function, *args, **kwargs):
-        return await self.loop.run_in_executor(_provider_calls, lambda: function(*args, **kwargs))
+        return await self.loop.run_in_executor(_blocking_calls, lambda: function(*args, **kwargs))
 
 
 @database_sync_to_async

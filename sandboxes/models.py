@@ -4,12 +4,12 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import models
-
-from .providers.base import RemoteState
+from django.db.models.functions import Coalesce, Greatest
 
 
 class SandboxState(models.TextChoices):
-    """The portal's own states. Remote states map onto them in :meth:`from_remote` only."""
+    """The portal's own states. Provider states map onto them in one place only
+    (``sandboxes.services.rows.portal_state``)."""
 
     PENDING = "pending", "Not created yet"
     CREATING = "creating", "Creating"
@@ -23,14 +23,16 @@ class SandboxState(models.TextChoices):
     UNKNOWN = "unknown", "Unknown"
 
     @classmethod
-    def from_remote(cls, state: RemoteState | None) -> SandboxState:
-        if state is None or state is RemoteState.DESTROYING:
-            return cls.GONE
-        return cls(state.value)
-
-    @classmethod
     def transitional(cls) -> set[SandboxState]:
         return {cls.CREATING, cls.STARTING, cls.STOPPING}
+
+
+class SandboxQuerySet(models.QuerySet):
+    def with_idle_since(self) -> SandboxQuerySet:
+        """Annotated with ``idle_start``: :attr:`Sandbox.idle_since`, computed by the database."""
+        activity = Coalesce("last_activity_at", "last_started_at", "created_at")
+        started = Coalesce("last_started_at", "last_activity_at", "created_at")
+        return self.annotate(idle_start=Greatest(activity, started))
 
 
 class Sandbox(models.Model):
@@ -60,6 +62,8 @@ class Sandbox(models.Model):
     access_ciphertext = models.BinaryField(null=True, blank=True, editable=False)
     access_expires_at = models.DateTimeField(null=True, blank=True)
 
+    objects = SandboxQuerySet.as_manager()
+
     class Meta:
         indexes = [models.Index(fields=["state", "last_activity_at"])]
 
@@ -74,13 +78,21 @@ class Sandbox(models.Model):
     def is_transitioning(self) -> bool:
         return self.state in SandboxState.transitional()
 
-    def idle_for(self, now: datetime) -> timedelta | None:
-        last = self.last_activity_at or self.last_started_at
-        return now - last if last else None
+    @property
+    def idle_since(self) -> datetime:
+        """When the idle clock started: the later of the last activity and the last start (a
+        start counts as use), else the creation. ``with_idle_since()`` is the database's version."""
+        moments = [moment for moment in (self.last_activity_at, self.last_started_at) if moment]
+        return max(moments) if moments else self.created_at
+
+    def idle_for(self, now: datetime) -> timedelta:
+        return now - self.idle_since
 
     def has_reusable_access(self, now: datetime, margin: timedelta) -> bool:
-        return bool(self.access_ciphertext) and self.access_expires_at is not None and (
-            self.access_expires_at - now >= margin
+        return (
+            bool(self.access_ciphertext)
+            and self.access_expires_at is not None
+            and (self.access_expires_at - now >= margin)
         )
 
     def set_state(self, state: SandboxState, now: datetime) -> None:
@@ -95,23 +107,6 @@ class Sandbox(models.Model):
     def forget_access(self) -> None:
         self.access_ciphertext = None
         self.access_expires_at = None
-
-    def to_dict(self) -> dict:
-        return {
-            "id": self.remote_id or None,
-            "name": self.remote_name,
-            "state": self.state,
-            "provider": self.provider,
-            "resources": {"cpu": self.cpu, "memoryGb": self.memory_gb, "diskGb": self.disk_gb},
-            "createdAt": self.created_at.isoformat() if self.created_at else None,
-            "lastStartedAt": _iso(self.last_started_at),
-            "lastActivityAt": _iso(self.last_activity_at),
-            "lastError": {"code": self.last_error_code, "message": self.last_error} if self.last_error else None,
-        }
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value else None
 
 
 class AuditEvent(models.Model):

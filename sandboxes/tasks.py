@@ -14,7 +14,6 @@ from django.utils import timezone
 
 from . import services
 from .models import Sandbox
-from .providers.base import ProviderError
 
 MAX_RETRY_COUNTDOWN = 300
 
@@ -40,8 +39,8 @@ def refresh_sandbox_activity(self, sandbox_id: int) -> bool:
     if sandbox is None:
         return False
     try:
-        return services.sandbox_push_activity(sandbox=sandbox)
-    except ProviderError as exc:
+        return services.sandbox_refresh_activity(sandbox=sandbox)
+    except services.SandboxError as exc:
         if not exc.retryable:
             raise
         raise self.retry(exc=exc, countdown=min(exc.retry_after or 30, MAX_RETRY_COUNTDOWN)) from exc

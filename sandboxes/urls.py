@@ -1,6 +1,7 @@
 from django.urls import path
 
-from . import preview, views
+from . import views
+from .local_only import preview
 
 urlpatterns = [
     path("sandbox-portal/", views.portal, name="portal"),

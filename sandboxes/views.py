@@ -3,6 +3,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, render
 from django.views.decorators.http import require_GET
 
+from .http import no_store
 from .models import Sandbox
 
 
@@ -25,6 +26,4 @@ def portal(request):
 def terminal(request, remote_id: str):
     """The browser terminal of the user's own sandbox; anyone else's is a 404."""
     sandbox = get_object_or_404(Sandbox, user=request.user, remote_id=remote_id)
-    response = render(request, "sandboxes/terminal.html", {"sandbox": sandbox})
-    response["Cache-Control"] = "no-store"
-    return response
+    return no_store(render(request, "sandboxes/terminal.html", {"sandbox": sandbox}))

@@ -8,7 +8,6 @@ from tests.fake_daytona.fixtures import fake_daytona, fake_daytona_server  # noq
 CANARY_KEY = "canary-daytona-key-5f1e"
 
 
-
 @pytest.fixture
 def daytona(settings, fake_daytona):  # noqa: F811
     """The portal configured for Daytona, talking to the HTTP fake through the real SDK."""
@@ -53,9 +52,7 @@ def csrf_headers(client: Client) -> dict:
 
 
 def launch(client: Client, body: dict | None = None):
-    return client.post(
-        "/api/sandbox/create", data=body or {}, content_type="application/json", **csrf_headers(client)
-    )
+    return client.post("/api/sandbox/create", data=body or {}, content_type="application/json", **csrf_headers(client))
 
 
 @pytest.fixture(autouse=True)
@@ -73,7 +70,10 @@ def test_server_settings():
     from django.conf import settings
     from django.test import override_settings
 
-    storages = {**settings.STORAGES, "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"}}
+    storages = {
+        **settings.STORAGES,
+        "staticfiles": {"BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"},
+    }
     with override_settings(
         SECURE_SSL_REDIRECT=False, SESSION_COOKIE_SECURE=False, CSRF_COOKIE_SECURE=False, STORAGES=storages
     ):

@@ -44,9 +44,7 @@ def sandboxes(daytona, owner, teammate):
 
 
 def act(console: Client, action: str, *sandboxes: Sandbox):
-    response = console.post(
-        CHANGELIST, {"action": action, "_selected_action": [s.pk for s in sandboxes]}, follow=True
-    )
+    response = console.post(CHANGELIST, {"action": action, "_selected_action": [s.pk for s in sandboxes]}, follow=True)
     assert response.status_code == 200
     return [str(message) for message in response.context["messages"]]
 
@@ -60,8 +58,9 @@ def test_the_list_shows_owner_state_remote_and_idle_time_without_secrets(console
         assert email in page and sandbox.remote_name in page and sandbox.remote_id in page
     assert "3h 00m" in page  # the owner's idle time
     assert "2 CPU / 4 GB / 8 GB disk" in page
-    secrets = [CANARY_KEY] + [a[kind]["token" if kind == "ssh" else "url"] for a in access.values()
-                              for kind in ("ssh", "preview", "terminal")]
+    secrets = [CANARY_KEY] + [
+        a[kind]["token" if kind == "ssh" else "url"] for a in access.values() for kind in ("ssh", "preview", "terminal")
+    ]
     detail = console.get(f"{CHANGELIST}{rows['owner@example.com'].pk}/change/").content.decode()
     for text in (page, detail):
         assert not any(secret in text for secret in secrets)

@@ -15,7 +15,10 @@ pytestmark = pytest.mark.django_db
 
 def test_signed_out_gets_401_json_not_a_redirect(daytona):
     client = Client(enforce_csrf_checks=True)
-    for response in (client.post("/api/sandbox/create", {}, content_type="application/json"), client.get("/api/sandbox")):
+    for response in (
+        client.post("/api/sandbox/create", {}, content_type="application/json"),
+        client.get("/api/sandbox"),
+    ):
         assert response.status_code == 401
         assert response.json()["error"]["code"] == "unauthenticated"
     assert daytona.calls == {}

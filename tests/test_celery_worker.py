@@ -103,7 +103,10 @@ class Processes:
         log = open(self.logs / f"{name}.log", "wb")
         process = subprocess.Popen(
             [sys.executable, "-m", "celery", "-A", "joepro", *args],
-            cwd=settings.BASE_DIR, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT,
+            cwd=settings.BASE_DIR,
+            env={**self.env, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.running.append(process)
@@ -111,8 +114,17 @@ class Processes:
 
     def worker(self, name: str) -> subprocess.Popen:
         return self.start(
-            name, "worker", "--pool", "solo", "--without-mingle", "--without-gossip", "--without-heartbeat",
-            "--loglevel", "INFO", "-n", f"{name}@%h",
+            name,
+            "worker",
+            "--pool",
+            "solo",
+            "--without-mingle",
+            "--without-gossip",
+            "--without-heartbeat",
+            "--loglevel",
+            "INFO",
+            "-n",
+            f"{name}@%h",
         )
 
     def output(self) -> str:
@@ -193,7 +205,14 @@ def test_beat_fires_reconcile(daytona, owner, processes, tmp_path):
 
     processes.worker("worker")
     processes.start(
-        "beat", "beat", "--loglevel", "INFO", "--schedule", str(tmp_path / "beat-schedule"), "--max-interval", "1",
+        "beat",
+        "beat",
+        "--loglevel",
+        "INFO",
+        "--schedule",
+        str(tmp_path / "beat-schedule"),
+        "--max-interval",
+        "1",
         SANDBOX_RECONCILE_SECONDS="1",
     )
     wait_until(lambda: row_state(sandbox) == SandboxState.STOPPED, processes, what="a reconcile fired by beat")

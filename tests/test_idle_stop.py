@@ -188,11 +188,20 @@ def _idle_fleet(daytona, count: int) -> list[int]:
     rows = Sandbox.objects.bulk_create(
         [
             Sandbox(
-                user=user, provider="daytona", remote_name=f"joepro-user-{user.pk}", remote_id=remote_id,
-                state="started", backend_state="started", cpu=2, memory_gb=4, disk_gb=8,
-                labels=owner_labels(user), last_activity_at=three_hours_ago, last_started_at=three_hours_ago,
+                user=user,
+                provider="daytona",
+                remote_name=f"joepro-user-{user.pk}",
+                remote_id=remote_id,
+                state="started",
+                backend_state="started",
+                cpu=2,
+                memory_gb=4,
+                disk_gb=8,
+                labels=owner_labels(user),
+                last_activity_at=three_hours_ago,
+                last_started_at=three_hours_ago,
             )
-            for user, remote_id in zip(users, ids)
+            for user, remote_id in zip(users, ids, strict=True)
         ]
     )
     return [row.pk for row in rows]

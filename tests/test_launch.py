@@ -1,5 +1,7 @@
 """The launch flow against the HTTP fake of Daytona, through the real SDK."""
 
+from datetime import UTC
+
 import pytest
 
 from sandboxes.models import AuditEvent, Sandbox
@@ -42,11 +44,11 @@ def test_access_has_ssh_preview_and_terminal(daytona, owner):
 
 
 def test_ssh_token_lives_120_minutes(daytona, owner):
-    from datetime import datetime, timedelta, timezone
+    from datetime import datetime, timedelta
 
     access = launch(signed_in(owner)).json()["access"]
     expires = datetime.fromisoformat(access["ssh"]["expiresAt"])
-    left = expires - datetime.now(timezone.utc)
+    left = expires - datetime.now(UTC)
     assert timedelta(minutes=118) < left <= timedelta(minutes=121)
 
 

@@ -113,7 +113,7 @@ def test_each_sandbox_runs_as_its_own_host_uid(provider, pair):
     secret = provider.root / first.id / "home" / "secret.txt"
     assert secret.stat().st_uid == uids[0]
     assert (provider.root / first.id / "home").stat().st_mode & 0o777 == 0o700
-    for remote, uid in zip(pair, uids):
+    for remote, uid in zip(pair, uids, strict=True):
         for pid in provider.processes(remote.id):
             with open(f"/proc/{pid}/status") as status:
                 line = next(line for line in status if line.startswith("Uid:"))

@@ -9,7 +9,7 @@ import pytest
 from asgiref.sync import async_to_sync
 from django.test import AsyncRequestFactory, Client
 
-from sandboxes.preview import preview
+from sandboxes.local_only.preview import preview
 from sandboxes.providers import get_provider
 from tests.conftest import launch, signed_in
 from tests.local_fixtures import local_root, local_settings, make_provider, run, spec, wait_for_port  # noqa: F401

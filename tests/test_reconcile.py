@@ -220,11 +220,19 @@ def _rows_for(remote_ids, *, state, changed_at):
     Sandbox.objects.bulk_create(
         [
             Sandbox(
-                user=user, provider="daytona", remote_name=f"joepro-user-{user.pk}", remote_id=remote_id,
-                state=state, backend_state=state, state_changed_at=changed_at, cpu=2, memory_gb=4, disk_gb=8,
+                user=user,
+                provider="daytona",
+                remote_name=f"joepro-user-{user.pk}",
+                remote_id=remote_id,
+                state=state,
+                backend_state=state,
+                state_changed_at=changed_at,
+                cpu=2,
+                memory_gb=4,
+                disk_gb=8,
                 labels=owner_labels(user),
             )
-            for user, remote_id in zip(users, remote_ids)
+            for user, remote_id in zip(users, remote_ids, strict=True)
         ]
     )
 

@@ -92,8 +92,13 @@ def test_production_redirects_to_https_and_trusts_the_proxy_header():
         "r=c.get('/sandbox-portal/', headers={'X-Forwarded-Proto':'https'});print(r.status_code)"
     )
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SANDBOX_", "DAYTONA_"))}
-    env = {**base, "DJANGO_SETTINGS_MODULE": "joepro.settings", "DJANGO_DEBUG": "false",
-           "DJANGO_ALLOWED_HOSTS": "testserver", "DAYTONA_API_KEY": "k"}
+    env = {
+        **base,
+        "DJANGO_SETTINGS_MODULE": "joepro.settings",
+        "DJANGO_DEBUG": "false",
+        "DJANGO_ALLOWED_HOSTS": "testserver",
+        "DAYTONA_API_KEY": "k",
+    }
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
     lines = out.stdout.split("\n")
     assert lines[0].startswith("301 https://"), out.stderr

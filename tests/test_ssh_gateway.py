@@ -19,9 +19,9 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from sandboxes import services
+from sandboxes.local_only.ssh_gateway import EXPIRED_MESSAGE, STOPPED_MESSAGE, SshGateway, load_or_create_host_key
 from sandboxes.models import AuditEvent, Sandbox
 from sandboxes.providers import get_provider, reset_providers
-from sandboxes.ssh_gateway import EXPIRED_MESSAGE, STOPPED_MESSAGE, SshGateway, load_or_create_host_key
 from tests.conftest import launch, signed_in
 from tests.local_fixtures import local_root, local_settings  # noqa: F401 - fixtures
 
@@ -37,12 +37,12 @@ ANY_HOST_KEY = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev
 class RunningGateway:
     """The gateway on an event loop of its own in a background thread."""
 
-    def __init__(self, provider, host_key_path, *, port: int = 0):
+    def __init__(self, host_key_path, *, port: int = 0):
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="ssh-gateway", daemon=True)
         self.thread.start()
         key = load_or_create_host_key(host_key_path)
-        self.gateway = SshGateway(provider=provider, host_key=key, bind="127.0.0.1", port=port)
+        self.gateway = SshGateway(host_key=key, bind="127.0.0.1", port=port)
         self.port = self._call(self.gateway.start())
 
     def _call(self, coroutine):
@@ -58,7 +58,7 @@ class RunningGateway:
 
 @pytest.fixture
 def gateway(local_settings, tmp_path):  # noqa: F811
-    running = RunningGateway(get_provider("local"), tmp_path / "ssh_host_ed25519_key")
+    running = RunningGateway(tmp_path / "ssh_host_ed25519_key")
     local_settings.SANDBOX_SSH_HOST = "127.0.0.1"
     local_settings.SANDBOX_SSH_PORT = running.port
     reset_providers()  # the portal's provider now hands out this host and port
@@ -177,9 +177,7 @@ def test_the_token_of_a_stopped_sandbox_is_refused(gateway, owner):
     token = ssh_access(owner)["token"]
     assert ssh(token, "true", port=gateway.port).returncode == 0
 
-    services.sandbox_stop(
-        sandbox=Sandbox.objects.get(user=owner), actor_type=AuditEvent.ActorType.ADMIN, reason="test"
-    )
+    services.sandbox_stop(sandbox=Sandbox.objects.get(user=owner), actor_type=AuditEvent.ActorType.ADMIN, reason="test")
 
     assert refused(ssh(token, "true", port=gateway.port))  # stopping revoked it
 
@@ -202,18 +200,17 @@ def test_a_sandbox_that_died_is_reported_stopped(gateway, owner):
 def test_the_host_key_is_generated_once_and_kept(local_settings, tmp_path):  # noqa: F811
     key_path = tmp_path / "var" / "ssh_host_ed25519_key"
     known_hosts = tmp_path / "known_hosts"
-    provider = get_provider("local")
 
     def remembering(checking: str) -> list[str]:
         return ["-o", f"StrictHostKeyChecking={checking}", "-o", f"UserKnownHostsFile={known_hosts}"]
 
-    first = RunningGateway(provider, key_path)
+    first = RunningGateway(key_path)
     port = first.port
     try:
         seen = ssh("x" * 32, port=port, options=remembering("accept-new"))
     finally:
         first.stop()
-    second = RunningGateway(provider, key_path, port=port)  # a restart
+    second = RunningGateway(key_path, port=port)  # a restart
     try:
         again = ssh("x" * 32, port=port, options=remembering("yes"))
     finally:
@@ -229,7 +226,10 @@ def test_the_command_serves_until_sigterm(local_root, tmp_path):  # noqa: F811
     env = {**os.environ, "SANDBOX_LOCAL_ROOT": str(local_root), "SANDBOX_SSH_HOST_KEY": str(key_path)}
     gateway = subprocess.Popen(
         [sys.executable, "manage.py", "run_ssh_gateway", "--port", "0", "--bind", "127.0.0.1"],
-        cwd=django_settings.BASE_DIR, env=env, stderr=subprocess.PIPE, text=True,
+        cwd=django_settings.BASE_DIR,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     watchdog = threading.Timer(20, gateway.kill)
     watchdog.start()

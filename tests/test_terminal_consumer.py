@@ -326,6 +326,7 @@ def test_a_sandbox_stopping_under_an_open_terminal_is_reported(owner, daytona):
         await attach(terminal)
         await run(terminal, "echo $((6*7))", b"42")
         await asyncio.get_running_loop().run_in_executor(None, daytona.set_state, remote_id, "stopped")
+        control = None
         while True:
             frame = await next_frame(terminal)
             if frame["type"] == "websocket.close":

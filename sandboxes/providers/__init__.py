@@ -6,9 +6,18 @@ import threading
 
 from django.conf import settings
 
-from .base import ProviderError, SandboxProvider
+from .base import Capability, ProviderError, SandboxProvider
 
-__all__ = ["ProviderError", "SandboxProvider", "get_provider", "reset_providers", "PROVIDER_NAMES"]
+__all__ = [
+    "PROVIDER_NAMES",
+    "ProviderError",
+    "SandboxProvider",
+    "build_provider",
+    "get_provider",
+    "names_supporting",
+    "provider_supports",
+    "reset_providers",
+]
 
 PROVIDER_NAMES = ("daytona", "local")
 
@@ -16,11 +25,22 @@ _instances: dict[str, SandboxProvider] = {}
 _lock = threading.Lock()
 
 
-def _build(name: str) -> SandboxProvider:
+def provider_class(name: str) -> type[SandboxProvider]:
     if name == "daytona":
         from .daytona import DaytonaProvider
 
-        return DaytonaProvider(
+        return DaytonaProvider
+    if name == "local":
+        from .local import LocalProvider
+
+        return LocalProvider
+    raise ProviderError(f"Unknown sandbox provider {name!r}.")
+
+
+def build_provider(name: str) -> SandboxProvider:
+    """A new provider called ``name`` from the current settings, not kept (see :func:`get_provider`)."""
+    if name == "daytona":
+        return provider_class(name)(
             api_key=settings.DAYTONA_API_KEY,
             api_url=settings.DAYTONA_API_URL,
             target=settings.DAYTONA_TARGET,
@@ -28,11 +48,7 @@ def _build(name: str) -> SandboxProvider:
             snapshot=settings.SANDBOX_SNAPSHOT,
             http_timeout=settings.DAYTONA_HTTP_TIMEOUT,
         )
-    if name == "local":
-        from .local import LocalProvider
-
-        return LocalProvider.from_settings()
-    raise ProviderError(f"Unknown sandbox provider {name!r}.")
+    return provider_class(name).from_settings()
 
 
 def get_provider(name: str | None = None) -> SandboxProvider:
@@ -40,8 +56,18 @@ def get_provider(name: str | None = None) -> SandboxProvider:
     name = name or settings.SANDBOX_PROVIDER
     with _lock:
         if name not in _instances:
-            _instances[name] = _build(name)
+            _instances[name] = build_provider(name)
         return _instances[name]
+
+
+def provider_supports(name: str, capability: Capability) -> bool:
+    """Whether the provider called ``name`` has ``capability``, without building it."""
+    return name in PROVIDER_NAMES and capability in provider_class(name).capabilities
+
+
+def names_supporting(capability: Capability) -> list[str]:
+    """The providers that have ``capability``."""
+    return [name for name in PROVIDER_NAMES if provider_supports(name, capability)]
 
 
 def reset_providers() -> None:

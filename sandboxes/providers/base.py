@@ -93,6 +93,15 @@ class PortClosed(ProviderError):
         self.port = port
 
 
+@dataclass(frozen=True)
+class Problem:
+    """Something that keeps a provider from running sandboxes here, and how to fix it."""
+
+    code: str  # stable, e.g. bwrap_missing
+    message: str
+    hint: str
+
+
 class Capability(enum.StrEnum):
     """An optional part of the contract. A provider lists those it has in ``capabilities``."""
 
@@ -216,6 +225,12 @@ class SandboxProvider:
     def _lacks(self, capability: Capability) -> ProviderError:
         return ProviderError(f"The {self.name} provider cannot do this ({capability}).", kind=ErrorKind.REJECTED)
 
+    def problems(self) -> list[Problem]:
+        """What keeps this provider from running sandboxes on this machine with this
+        configuration (empty when nothing does), for the system checks. Cheap after the first
+        call in a process."""
+        return []
+
     def find(self, name: str) -> RemoteSandbox | None:
         """Look a sandbox up by its exact name. Authoritative (not eventually consistent).
 
@@ -274,9 +289,7 @@ class SandboxProvider:
         """
         raise NotImplementedError
 
-    def mint_access(
-        self, remote_id: str, *, ssh_minutes: int, preview_port: int, link_seconds: int
-    ) -> SandboxAccess:
+    def mint_access(self, remote_id: str, *, ssh_minutes: int, preview_port: int, link_seconds: int) -> SandboxAccess:
         """New SSH token (valid ``ssh_minutes``), signed preview URL for ``preview_port`` and
         terminal URL (each valid ``link_seconds``). Minting an SSH token revokes the older
         ones of the same sandbox. Independent backend calls run concurrently."""

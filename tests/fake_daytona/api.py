@@ -8,7 +8,8 @@ from typing import Any
 from aiohttp import web
 
 from .middleware import FAKE_KEY, ApiResult, error_response, fake_of, make_middleware, operation
-from .store import ApiError, SandboxStore
+from .records import ApiError
+from .store import SandboxStore
 
 
 def build_api_app(fake: Any) -> web.Application:

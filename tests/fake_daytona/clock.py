@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 
 class FakeClock:
@@ -21,7 +21,7 @@ class FakeClock:
 
     def now(self) -> datetime:
         """Current time as an aware UTC datetime."""
-        return datetime.fromtimestamp(self.time(), timezone.utc)
+        return datetime.fromtimestamp(self.time(), UTC)
 
     def advance(self, seconds: float) -> None:
         """Move the clock forward (a negative value moves it back)."""
@@ -36,7 +36,7 @@ class FakeClock:
 
 def iso(timestamp: float) -> str:
     """ISO-8601 UTC with milliseconds and a trailing Z, as the Daytona API writes it."""
-    moment = datetime.fromtimestamp(timestamp, timezone.utc)
+    moment = datetime.fromtimestamp(timestamp, UTC)
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
@@ -44,5 +44,5 @@ def parse_iso(text: str) -> float:
     """Epoch seconds of an ISO-8601 timestamp (a naive one is taken as UTC)."""
     moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=timezone.utc)
+        moment = moment.replace(tzinfo=UTC)
     return moment.timestamp()

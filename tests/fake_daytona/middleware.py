@@ -11,14 +11,14 @@ import socket
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
 from .faults import WEBSOCKET_KINDS, Fault
-from .store import ApiError
+from .records import ApiError
 
 if TYPE_CHECKING:
     from .server import FakeDaytona
@@ -62,7 +62,7 @@ def error_response(
         reason = "Error"
     body = {
         "path": request.path,
-        "timestamp": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "statusCode": status,
         "error": reason,
         "message": message,

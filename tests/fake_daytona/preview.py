@@ -7,7 +7,7 @@ import html
 from aiohttp import web
 
 from .middleware import fake_of
-from .store import PreviewAccess
+from .records import PreviewAccess
 
 TERMINAL_PORT = 22222
 
@@ -52,6 +52,6 @@ def _page(access: PreviewAccess) -> web.Response:
 
 def _html(title: str, heading: str) -> str:
     return (
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\">"
+        '<!doctype html>\n<html><head><meta charset="utf-8">'
         f"<title>{title}</title></head>\n<body><h1>{heading}</h1></body></html>\n"
     )

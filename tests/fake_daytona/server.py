@@ -18,7 +18,8 @@ from .hooks import add_hook_routes
 from .middleware import FAKE_KEY
 from .preview import add_preview_routes
 from .pty_sessions import PtyManager
-from .store import ApiError, SandboxStore
+from .records import ApiError
+from .store import SandboxStore
 from .toolbox import build_toolbox_app
 
 MAX_RECORDED_REQUESTS = 50_000
@@ -137,9 +138,7 @@ class FakeDaytona:
             raise RuntimeError("FakeDaytona is already running")
         ready = threading.Event()
         failure: list[BaseException] = []
-        self._thread = threading.Thread(
-            target=self._run_loop, args=(ready, failure), name="fake-daytona", daemon=True
-        )
+        self._thread = threading.Thread(target=self._run_loop, args=(ready, failure), name="fake-daytona", daemon=True)
         self._thread.start()
         if not ready.wait(START_TIMEOUT_SECONDS):
             raise RuntimeError("FakeDaytona did not start in time")
@@ -292,9 +291,7 @@ class FakeDaytona:
         seconds) is given. ``"destroyed"`` removes the sandbox. Raises KeyError if unknown.
         """
         try:
-            return self.store.set_state(
-                id_or_name, state, error_reason=error_reason, recoverable=recoverable, **fields
-            )
+            return self.store.set_state(id_or_name, state, error_reason=error_reason, recoverable=recoverable, **fields)
         except ApiError:
             raise KeyError(id_or_name) from None
 

@@ -28,7 +28,7 @@ from .pty_sessions import (
     PtySession,
     decode_envs,
 )
-from .store import ApiError
+from .records import ApiError
 
 MAX_DIMENSION = 1000
 
@@ -173,9 +173,7 @@ async def _upgrade(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-async def _serve(
-    ws: web.WebSocketResponse, session: PtySession, request: web.Request
-) -> web.WebSocketResponse:
+async def _serve(ws: web.WebSocketResponse, session: PtySession, request: web.Request) -> web.WebSocketResponse:
     """Attach a client: output flows out, input frames go to the terminal."""
     fake = fake_of(request)
     client = PtyClient(ws)

@@ -6,8 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from sandboxes import services
-
-from .stop_sandboxes import duration
+from sandboxes.durations import parse_duration
 
 
 class Command(BaseCommand):
@@ -22,11 +21,14 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--dry-run", action="store_true", help="Report what would change; change nothing.")
         parser.add_argument(
-            "--delete-orphans", action="store_true",
+            "--delete-orphans",
+            action="store_true",
             help="Delete orphans that cannot be adopted (their files are lost). Default: report them.",
         )
         parser.add_argument(
-            "--stuck-after", type=duration, metavar="DURATION",
+            "--stuck-after",
+            type=parse_duration,
+            metavar="DURATION",
             help="Repair rows mid-transition for longer than this (default SANDBOX_STUCK_MINUTES).",
         )
 
@@ -40,21 +42,8 @@ class Command(BaseCommand):
         if report.lock_held:
             self.stdout.write("Another reconcile is running; nothing done.")
             return
-        updated, adopted = ("Would update", "would adopt") if report.dry_run else ("Updated", "adopted")
-        self.stdout.write(f"Listed {report.listed} remote sandboxes; compared {report.rows} rows.")
-        self.stdout.write(
-            f"{updated}: {report.updated} (gone: {report.gone}, stuck repaired: {report.repaired}); "
-            f"{adopted}: {report.adopted}; still mid-transition on the provider: {report.stuck}."
-        )
-        for orphan in report.orphans:
-            action = "deleted" if orphan.deleted else "reported"
-            self.stdout.write(
-                f"orphan {action}  {orphan.remote_id}  {orphan.name}  owner={orphan.owner or '-'}  {orphan.why}"
-            )
-        self.stdout.write(
-            f"Orphans: {len(report.orphans)}; lookups: {report.lookups}; deferred to the next pass: "
-            f"{report.deferred}; busy: {report.busy}."
-        )
+        for line in report.lines():
+            self.stdout.write(line)
         if report.dry_run:
             self.stdout.write("Nothing was changed (dry run).")
         for error in report.errors:

@@ -1,4 +1,4 @@
-"""``python manage.py run_ssh_gateway``: the SSH gateway of local sandboxes, in the foreground."""
+"""``python manage.py run_ssh_gateway``: the portal's own SSH gateway (local sandboxes), in the foreground."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import signal
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from sandboxes.providers import ProviderError, get_provider
-from sandboxes.ssh_gateway import SshGateway, load_or_create_host_key
+from sandboxes import services
+from sandboxes.local_only.ssh_gateway import SshGateway, load_or_create_host_key
 
-log = logging.getLogger("sandboxes.ssh_gateway")
+log = logging.getLogger("sandboxes.local_only.ssh_gateway")
 
 
 class Command(BaseCommand):
@@ -29,22 +29,19 @@ class Command(BaseCommand):
         parser.add_argument("--port", type=int, help="Port to listen on (default SANDBOX_SSH_PORT).")
         parser.add_argument("--bind", help="Address to listen on (default SANDBOX_SSH_BIND).")
         parser.add_argument(
-            "--needed", action="store_true",
+            "--needed",
+            action="store_true",
             help="Start nothing: exit 0 when this deployment runs local sandboxes (SANDBOX_PROVIDER "
             "is local) and so needs the gateway, 1 otherwise. For start scripts.",
         )
 
     def handle(self, *args, **options):
         if options["needed"]:
-            raise SystemExit(0 if settings.SANDBOX_PROVIDER == "local" else 1)
+            raise SystemExit(0 if services.ssh_gateway_needed() else 1)
         port = settings.SANDBOX_SSH_PORT if options["port"] is None else options["port"]
         bind = options["bind"] or settings.SANDBOX_SSH_BIND
-        try:
-            provider = get_provider("local")
-        except ProviderError as exc:
-            raise CommandError(f"Local sandboxes are not available: {exc}") from exc
         host_key = load_or_create_host_key(settings.SANDBOX_SSH_HOST_KEY)
-        gateway = SshGateway(provider=provider, host_key=host_key, bind=bind, port=port)
+        gateway = SshGateway(host_key=host_key, bind=bind, port=port)
         try:
             asyncio.run(self._serve(gateway))
         except OSError as exc:
@@ -58,7 +55,10 @@ class Command(BaseCommand):
         port = await gateway.start()
         log.info(
             "SSH gateway listening on %s port %s; host key %s (%s)",
-            gateway.bind, port, gateway.fingerprint, settings.SANDBOX_SSH_HOST_KEY,
+            gateway.bind,
+            port,
+            gateway.fingerprint,
+            settings.SANDBOX_SSH_HOST_KEY,
         )
         await stop.wait()
         log.info("SSH gateway stopping")

@@ -3,29 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import re
-from datetime import timedelta
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.utils import timezone
 
 from sandboxes import services
+from sandboxes.durations import format_duration, parse_duration
 from sandboxes.models import AuditEvent, SandboxState
-
-DURATION_PART = re.compile(r"(\d+)([dhms])")
-UNIT_SECONDS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def duration(text: str) -> timedelta:
-    """``2h``, ``90m``, ``1h30m``, ``45s``, ``1d``; a bare number means minutes."""
-    text = text.strip().lower()
-    if text.isdigit():
-        return timedelta(minutes=int(text))
-    parts = DURATION_PART.findall(text)
-    if not parts or "".join(number + unit for number, unit in parts) != text:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration such as 2h, 90m or 1h30m")
-    return timedelta(seconds=sum(int(number) * UNIT_SECONDS[unit] for number, unit in parts))
 
 
 def positive_int(text: str) -> int:
@@ -33,12 +18,6 @@ def positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError("must be at least 1")
     return value
-
-
-def idle_text(delta: timedelta) -> str:
-    minutes = max(0, int(delta.total_seconds() // 60))
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m"
 
 
 class Command(BaseCommand):
@@ -54,24 +33,36 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--all", action="store_true", help="Stop every running sandbox.")
         parser.add_argument(
-            "--idle-for", type=duration, metavar="DURATION",
+            "--idle-for",
+            type=parse_duration,
+            metavar="DURATION",
             help="Only sandboxes without activity for longer than this, e.g. 2h, 90m, 1h30m.",
         )
         parser.add_argument(
-            "--user", action="append", default=[], metavar="EMAIL",
+            "--user",
+            action="append",
+            default=[],
+            metavar="EMAIL",
             help="Only the sandbox of this user (repeatable).",
         )
         parser.add_argument(
-            "--state", action="append", default=[], choices=SandboxState.values,
+            "--state",
+            action="append",
+            default=[],
+            choices=SandboxState.values,
             help="Only sandboxes the portal last saw in this state (repeatable).",
         )
         parser.add_argument("--dry-run", action="store_true", help="Print what would be stopped; change nothing.")
         parser.add_argument(
-            "--reason", default="stopped by an operator (stop_sandboxes)",
+            "--reason",
+            default="stopped by an operator (stop_sandboxes)",
             help="Why, for the audit log.",
         )
         parser.add_argument(
-            "--concurrency", type=positive_int, default=settings.SANDBOX_STOP_CONCURRENCY, metavar="N",
+            "--concurrency",
+            type=positive_int,
+            default=settings.SANDBOX_STOP_CONCURRENCY,
+            metavar="N",
             help=f"Provider calls in flight at once (default {settings.SANDBOX_STOP_CONCURRENCY}).",
         )
 
@@ -87,13 +78,12 @@ class Command(BaseCommand):
             )
         except services.SandboxError as exc:
             raise CommandError(exc.message) from exc
-        to_stop = [sandbox for sandbox in selected if services.will_stop(sandbox)]
-
         if options["dry_run"]:
+            to_stop = [sandbox for sandbox in selected if services.will_stop(sandbox)]
             for sandbox in to_stop:
                 self.stdout.write(
                     f"would stop  {sandbox.user.email}  {sandbox.remote_name}  {sandbox.state}  "
-                    f"idle {idle_text(now - sandbox.idle_since)}"
+                    f"idle {format_duration(sandbox.idle_for(now), style='fixed')}"
                 )
             self.stdout.write(
                 f"Would stop {len(to_stop)} sandboxes; {len(selected) - len(to_stop)} already stopped. "
@@ -101,8 +91,9 @@ class Command(BaseCommand):
             )
             return
 
+        # Rows already at rest are counted as already stopped, under their lock.
         report = services.sandboxes_stop_many(
-            sandbox_ids=[sandbox.pk for sandbox in to_stop],
+            sandbox_ids=[sandbox.pk for sandbox in selected],
             actor_type=AuditEvent.ActorType.ADMIN,
             reason=options["reason"],
             concurrency=options["concurrency"],
@@ -111,10 +102,6 @@ class Command(BaseCommand):
         )
         for sandbox, error in report.failed:
             self.stderr.write(f"failed  {sandbox.user.email}  {sandbox.remote_name}  {error}")
-        already = len(selected) - len(to_stop) + len(report.already_stopped)
-        self.stdout.write(
-            f"Stopped: {len(report.stopped)}, already stopped: {already}, failed: {len(report.failed)}"
-            + (f", kept (active meanwhile): {len(report.still_active)}" if report.still_active else "")
-        )
+        self.stdout.write(report.summary(after_label=":"))
         if report.failed:
             raise CommandError(f"{len(report.failed)} sandboxes could not be stopped.")

@@ -1,58 +1,24 @@
-"""The Daytona provider, through the real SDK, against the HTTP fake of Daytona."""
+"""The Daytona provider, through the real SDK, against the HTTP fake of Daytona: states, the
+client, create and its waits, lookups, start, stop, recover and delete."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
-import urllib.request
-from datetime import datetime, timedelta, timezone
-from urllib.error import HTTPError
 
 import pytest
 
-from sandboxes.providers.base import ErrorKind, ProviderError, RemoteState, SandboxSpec
+from sandboxes.providers.base import ErrorKind, ProviderError, RemoteState
 from sandboxes.providers.daytona import DaytonaProvider, remote_state
+from tests.daytona_fixtures import (  # noqa: F401 - fixtures
+    MANAGED,
+    elapsed_since,
+    make_spec,
+    provider,
+    started_sandbox,
+)
 from tests.fake_daytona.fixtures import FAKE_DAYTONA_API_KEY
-
-MANAGED = {"joepro-managed": "true", "joepro-deployment": "test"}
-
-
-@pytest.fixture
-def provider(fake_daytona) -> DaytonaProvider:
-    return DaytonaProvider(
-        api_key=FAKE_DAYTONA_API_KEY,
-        api_url=fake_daytona.api_url,
-        target="us",
-        http_timeout=1.0,
-        max_retries=3,
-        max_retry_wait=3.0,
-    )
-
-
-def make_spec(name: str = "joepro-u42", **overrides) -> SandboxSpec:
-    fields = dict(
-        name=name,
-        labels={**MANAGED, "joepro-owner": "42"},
-        cpu=2,
-        memory_gb=4,
-        disk_gb=8,
-        image="ubuntu:22.04",
-        auto_stop_minutes=150,
-        env={"GREETING": "hello"},
-    )
-    fields.update(overrides)
-    return SandboxSpec(**fields)
-
-
-def started_sandbox(fake, name: str = "joepro-u42") -> str:
-    return fake.add_sandbox(name=name, labels={**MANAGED, "joepro-owner": "42"}, state="started")["id"]
-
-
-def elapsed_since(start: float) -> float:
-    return time.monotonic() - start
-
 
 # --- states ---------------------------------------------------------------------------
 
@@ -216,155 +182,6 @@ def test_create_of_a_taken_name_is_a_conflict(provider, fake_daytona):
     assert "already exists" in str(caught.value)
 
 
-@pytest.mark.parametrize("kind", ["commit_then_hang", "commit_then_reset"])
-def test_create_with_a_lost_answer_is_an_unknown_outcome(provider, fake_daytona, kind):
-    fake_daytona.fault("create", kind, seconds=2)
-
-    with pytest.raises(ProviderError) as caught:
-        provider.create(make_spec(), wait_seconds=0)
-
-    assert caught.value.kind is ErrorKind.TIMEOUT
-    assert fake_daytona.calls["create"] == 1
-    assert provider.find("joepro-u42") is not None
-
-
-def test_create_with_a_reset_connection_is_not_repeated(provider, fake_daytona):
-    fake_daytona.fault("create", "reset")
-
-    with pytest.raises(ProviderError) as caught:
-        provider.create(make_spec(), wait_seconds=0)
-
-    assert caught.value.kind is ErrorKind.TIMEOUT
-    assert fake_daytona.calls["create"] == 1
-
-
-def test_create_with_a_malformed_answer_is_an_unknown_outcome(provider, fake_daytona):
-    fake_daytona.fault("create", "bad_shape")
-
-    with pytest.raises(ProviderError) as caught:
-        provider.create(make_spec(), wait_seconds=0)
-
-    assert caught.value.kind is ErrorKind.TIMEOUT
-    assert provider.find("joepro-u42") is not None
-
-
-def test_create_is_retried_after_a_503(provider, fake_daytona):
-    fake_daytona.fault("create", "status", status=503)
-
-    sandbox = provider.create(make_spec(), wait_seconds=5)
-
-    assert sandbox.state is RemoteState.STARTED
-    assert fake_daytona.calls["create"] == 2
-
-
-def test_a_rate_limited_create_waits_as_the_throttler_says(provider, fake_daytona):
-    fake_daytona.fault("create", "status", status=429, headers={"retry-AFTER-Sandbox-Create": "1"})
-    start = time.monotonic()
-
-    sandbox = provider.create(make_spec(), wait_seconds=5)
-
-    assert sandbox.state is RemoteState.STARTED
-    assert elapsed_since(start) >= 1.0
-    assert fake_daytona.calls["create"] == 2
-
-
-def test_a_rate_limit_longer_than_the_budget_is_raised_at_once(provider, fake_daytona):
-    fake_daytona.fault("create", "status", status=429, headers={"Retry-After-sandbox-create": "120"})
-    start = time.monotonic()
-
-    with pytest.raises(ProviderError) as caught:
-        provider.create(make_spec(), wait_seconds=5)
-
-    assert caught.value.kind is ErrorKind.RATE_LIMITED
-    assert caught.value.retryable
-    assert caught.value.retry_after == 120
-    assert elapsed_since(start) < 0.5
-    assert fake_daytona.calls["create"] == 1
-
-
-@pytest.mark.parametrize(
-    "headers",
-    [{"Retry-After": "60"}, {"x-ratelimit-reset-authenticated": "60"}, {"RETRY-AFTER-AUTHENTICATED": "60"}],
-)
-def test_rate_limit_hints_on_reads_are_reported_not_slept_through(provider, fake_daytona, headers):
-    fake_daytona.fault("get", "status", status=429, headers=headers)
-    start = time.monotonic()
-
-    with pytest.raises(ProviderError) as caught:
-        provider.get("anything")
-
-    assert (caught.value.kind, caught.value.retry_after) == (ErrorKind.RATE_LIMITED, 60)
-    assert elapsed_since(start) < 0.5
-    assert fake_daytona.calls["get"] == 1
-
-
-def test_a_503_hint_within_the_budget_is_honoured(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-    fake_daytona.fault("get", "status", status=503, headers={"Retry-After": "1"})
-    start = time.monotonic()
-
-    assert provider.get(sandbox_id).state is RemoteState.STARTED
-    assert elapsed_since(start) >= 1.0
-    assert fake_daytona.calls["get"] == 2
-
-
-def test_server_errors_are_retried_a_bounded_number_of_times(provider, fake_daytona):
-    fake_daytona.fault("get", "status", status=502, times=10)
-
-    with pytest.raises(ProviderError) as caught:
-        provider.get("anything")
-
-    assert caught.value.kind is ErrorKind.UNAVAILABLE
-    assert caught.value.retryable
-    assert fake_daytona.calls["get"] == 4  # the call and three retries
-
-
-def test_an_unreachable_backend_is_unavailable_even_for_create(fake_daytona):
-    closed = DaytonaProvider(
-        api_key=FAKE_DAYTONA_API_KEY, api_url="http://127.0.0.1:9/api", target="us", max_retry_wait=0.5
-    )
-
-    with pytest.raises(ProviderError) as caught:
-        closed.create(make_spec(), wait_seconds=0)
-
-    assert caught.value.kind is ErrorKind.UNAVAILABLE
-    assert caught.value.retryable
-
-
-def test_a_refused_key_is_rejected_without_retrying(fake_daytona):
-    wrong = DaytonaProvider(api_key="wrong-key", api_url=fake_daytona.api_url, target="us")
-
-    with pytest.raises(ProviderError) as caught:
-        wrong.get("anything")
-
-    assert caught.value.kind is ErrorKind.REJECTED
-    assert fake_daytona.calls["get"] == 1
-
-
-@pytest.mark.parametrize(
-    ("operation", "call"),
-    [
-        ("get", lambda provider, sandbox_id: provider.get(sandbox_id)),
-        ("list", lambda provider, sandbox_id: list(provider.list_managed(MANAGED))),
-        ("ssh_create", lambda provider, sandbox_id: provider.mint_access(
-            sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600
-        )),
-        ("signed_preview_url", lambda provider, sandbox_id: provider.mint_access(
-            sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600
-        )),
-    ],
-)
-def test_a_malformed_answer_is_a_provider_error(provider, fake_daytona, operation, call):
-    sandbox_id = started_sandbox(fake_daytona)
-    fake_daytona.fault(operation, "bad_shape")
-
-    with pytest.raises(ProviderError) as caught:
-        call(provider, sandbox_id)
-
-    assert caught.value.kind is ErrorKind.UNAVAILABLE
-    assert not caught.value.retryable
-
-
 # --- lookups ----------------------------------------------------------------------------
 
 
@@ -520,115 +337,3 @@ def test_delete_is_idempotent(provider, fake_daytona):
     provider.delete(sandbox_id)
 
     assert provider.get(sandbox_id) is None
-
-
-# --- access -----------------------------------------------------------------------------
-
-
-def test_mint_access_returns_ssh_preview_and_terminal(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-    before = datetime.now(timezone.utc)
-
-    access = provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
-
-    assert fake_daytona.ssh_tokens(sandbox_id) == [access.ssh.token]
-    assert (access.ssh.host, access.ssh.port) == (fake_daytona.ssh_host, fake_daytona.ssh_port)
-    assert access.ssh.token in access.ssh.command
-    assert access.ssh.expires_at - before > timedelta(minutes=119)
-    assert (access.preview.port, access.terminal.port) == (3000, 22222)
-    assert access.preview.token != access.terminal.token
-    assert timedelta(seconds=590) < access.preview.expires_at - before <= timedelta(seconds=601)
-    sign_requests = [r for r in fake_daytona.requests if r.operation == "signed_preview_url"]
-    assert {r.query["expiresInSeconds"] for r in sign_requests} == {"600"}
-
-
-def test_warm_mint_costs_three_concurrent_requests(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-    provider.get(sandbox_id)  # the client exists: a warm process
-    before = fake_daytona.calls
-    fake_daytona.latency = 0.2
-    start = time.monotonic()
-
-    provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
-
-    assert elapsed_since(start) < 0.4  # three calls of 0.2 s each, side by side
-    assert fake_daytona.calls - before == {"ssh_create": 1, "signed_preview_url": 2}
-
-
-def test_mint_access_keeps_one_live_ssh_token(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-
-    provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
-    latest = provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
-
-    assert fake_daytona.ssh_tokens(sandbox_id) == [latest.ssh.token]
-
-
-def test_revoke_access_expires_links_and_ssh(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-    access = provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
-    assert page_status(access.preview.url) == 200
-    assert page_status(access.terminal.url) == 200
-
-    provider.revoke_access(sandbox_id, preview_port=3000, links=[access.preview, access.terminal])
-    provider.revoke_access(sandbox_id, preview_port=3000, links=[access.preview, access.terminal])
-
-    assert page_status(access.preview.url) == 410
-    assert page_status(access.terminal.url) == 410
-    assert fake_daytona.ssh_tokens(sandbox_id) == []
-    revokes = [r for r in fake_daytona.requests if r.operation == "ssh_revoke"]
-    assert all("token" not in r.query for r in revokes)
-
-
-def test_revoke_access_of_a_deleted_sandbox_is_a_no_op(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-    access = provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
-    provider.delete(sandbox_id)
-
-    provider.revoke_access(sandbox_id, preview_port=3000, links=[access.preview, access.terminal])
-
-
-def test_refresh_activity_moves_last_activity(provider, fake_daytona):
-    sandbox_id = started_sandbox(fake_daytona)
-    before = provider.get(sandbox_id).last_activity_at
-    fake_daytona.advance_clock(600)
-
-    provider.refresh_activity(sandbox_id)
-
-    assert provider.get(sandbox_id).last_activity_at - before >= timedelta(seconds=600)
-    assert fake_daytona.calls["last_activity"] == 1
-
-
-# --- secrets ----------------------------------------------------------------------------
-
-
-def test_the_api_key_never_reaches_errors_or_logs(fake_daytona, caplog):
-    caplog.set_level(logging.DEBUG)
-    leaky = f"bad key {FAKE_DAYTONA_API_KEY} at https://api.example/x?token=abc"
-    fake_daytona.fault("get", "status", status=500, message=leaky, times=10)
-    fake_daytona.fault("create", "status", status=403, message=leaky)
-    provider = DaytonaProvider(
-        api_key=FAKE_DAYTONA_API_KEY, api_url=fake_daytona.api_url, target="us", max_retry_wait=0.5
-    )
-    errors = []
-    for call in (lambda: provider.get("x"), lambda: provider.create(make_spec(), wait_seconds=0)):
-        with pytest.raises(ProviderError) as caught:
-            call()
-        errors.append(caught.value)
-    wrong = DaytonaProvider(api_key="other-key", api_url=fake_daytona.api_url, target="us")
-    with pytest.raises(ProviderError) as caught:
-        wrong.get("x")
-    errors.append(caught.value)
-
-    texts = [str(error) for error in errors] + [repr(error) for error in errors]
-    texts += [record.getMessage() for record in caplog.records]
-    assert texts
-    assert not [text for text in texts if FAKE_DAYTONA_API_KEY in text or "token=abc" in text]
-
-
-def page_status(url: str) -> int:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status
-    except HTTPError as error:
-        return error.code

@@ -2,7 +2,9 @@
 """The agent of a local sandbox, and the launcher that starts one.
 
 Standard library only: the agent runs inside the sandbox with the host's ``/usr/bin/python3``,
-where nothing of the portal is visible; the launcher runs on the host.
+where nothing of the portal is visible; the launcher runs on the host. This one file is what
+sandboxes see of the portal (copied to ``<root>/.system/agent.py`` and mounted read-only), so it
+imports nothing from its package; the package imports it for the protocol's constants.
 
 ``serve``
     PID 1 of the sandbox's PID namespace. It accepts connections on a unix socket that the
@@ -58,6 +60,7 @@ from __future__ import annotations
 import argparse
 import base64
 import fcntl
+import functools
 import heapq
 import itertools
 import json
@@ -673,7 +676,7 @@ class Agent:
             for key, events in self.selector.select(timeout):
                 target = key.data
                 if isinstance(target, Channel):
-                    self.guarded(lambda: self.on_ready(target, events), target)
+                    self.guarded(functools.partial(self.on_ready, target, events), target)
                 else:
                     self.guarded(target)
 

@@ -1,4 +1,5 @@
-"""The SSH gateway of local sandboxes: ``ssh -p 2222 <token>@<host>`` opens a shell in one.
+"""The portal's own SSH gateway, for sandboxes whose provider has none (``Capability.SSH_GATEWAY``:
+local ones): ``ssh -p 2222 <token>@<host>`` opens a shell in one.
 
 As with Daytona's gateway, the username *is* the SSH access token minted at launch, so there
 is no password or key prompt: a live token authenticates by itself (SSH "none"
@@ -15,8 +16,7 @@ runs on a PTY, set up to behave like pipes: output is passed on byte for byte as
 (stdout and stderr together, on the client's stdout), input line by line, and the exit status
 is the program's.
 
-It serves the local provider only (:class:`sandboxes.providers.local.LocalProvider`): Daytona
-runs its own gateway. Everything that blocks (provider calls, the database) runs off the event
+Daytona runs its own gateway. Everything that blocks (services, the database) runs off the event
 loop. Tokens are never logged; :func:`token_digest` names one in logs.
 """
 
@@ -25,23 +25,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import asyncssh
 from django.db import connections
 
-from .providers.base import ErrorKind, ProviderError, RemoteState, TerminalSession
-
-if TYPE_CHECKING:
-    from .providers.local import LocalProvider
+from sandboxes import services
 
 log = logging.getLogger(__name__)
 
@@ -86,64 +80,21 @@ def load_or_create_host_key(path: str | os.PathLike) -> asyncssh.SSHKey:
     return asyncssh.read_private_key(path)
 
 
-# --- tokens -----------------------------------------------------------------------------------
+# --- tokens and activity ---------------------------------------------------------------------
+
+REFUSALS = {
+    services.SshRefusal.EXPIRED: EXPIRED_MESSAGE,
+    services.SshRefusal.STOPPED: STOPPED_MESSAGE,
+    services.SshRefusal.UNAVAILABLE: UNAVAILABLE_MESSAGE,
+}
 
 
-@dataclass(frozen=True)
-class TokenCheck:
-    """Where a token leads: a started sandbox's ``remote_id``, or the reason it is refused."""
-
-    remote_id: str | None
-    refusal: str = ""
-
-
-def check_token(provider: LocalProvider, token: str) -> TokenCheck:
-    """Resolve ``token`` to a started sandbox, or say why it cannot be used. Blocking."""
+def record_activity(target: services.SshTarget) -> None:
+    """Count SSH use towards the idle policy. Blocking; best effort."""
     try:
-        remote_id = provider.resolve_ssh_token(token)
-        if remote_id is not None:
-            return TokenCheck(remote_id)
-        if _token_of_stopped_sandbox(provider, token):
-            return TokenCheck(None, STOPPED_MESSAGE)
-    except ProviderError as exc:
-        log.warning("ssh token %s could not be checked: %s", token_digest(token), exc)
-        return TokenCheck(None, UNAVAILABLE_MESSAGE)
-    return TokenCheck(None, EXPIRED_MESSAGE)
-
-
-def _token_of_stopped_sandbox(provider: LocalProvider, token: str) -> bool:
-    """Whether a refused token is still listed, unexpired, for a sandbox that does not run.
-
-    That is a sandbox that stopped without the portal stopping it (the machine restarted,
-    its processes were killed): a stop through the portal revokes the token, which is then
-    refused as revoked. Reads the local provider's token index (``<root>/tokens/<sha256>``,
-    see :mod:`sandboxes.providers.local`), which keeps a token until it is revoked.
-    """
-    try:
-        entry = json.loads((provider.root / "tokens" / hashlib.sha256(token.encode()).hexdigest()).read_text())
-        sandbox_id, expires_at = str(entry["id"]), float(entry["expires_at"])
-    except (OSError, ValueError, KeyError, TypeError):
-        return False
-    if expires_at <= time.time():
-        return False
-    remote = provider.get(sandbox_id)
-    return remote is not None and remote.state is not RemoteState.STARTED
-
-
-# --- activity ---------------------------------------------------------------------------------
-
-
-def record_activity(provider_name: str, remote_id: str) -> None:
-    """Count SSH use towards the idle policy, as terminal use in the portal does. Blocking."""
-    from .models import Sandbox
-    from .services import sandbox_record_activity
-
-    try:
-        sandbox = Sandbox.objects.filter(provider=provider_name, remote_id=remote_id).first()
-        if sandbox is not None:
-            sandbox_record_activity(sandbox=sandbox, source="ssh")
-    except Exception:  # activity is best effort: a database hiccup must not end the session
-        log.exception("could not record SSH activity on sandbox %s", remote_id)
+        services.ssh_record_activity(target=target)
+    except Exception:  # a database hiccup must not end the session
+        log.exception("could not record SSH activity on sandbox %s", target.remote_id)
     finally:
         # A minute passes between two calls of a session, on any executor thread: keeping
         # a connection open per thread would only hold database slots.
@@ -180,14 +131,15 @@ class SandboxSession(asyncssh.SSHServerSession):
     sandbox. Output is read by a thread per session (a read blocks while the program is
     quiet); input, resizes and the final kill go through the default executor."""
 
-    def __init__(self, gateway: SshGateway, remote_id: str, label: str):
+    def __init__(self, gateway: SshGateway, target: services.SshTarget, label: str):
         self._gateway = gateway
-        self._remote_id = remote_id
+        self._target = target
+        self._remote_id = target.remote_id
         self._label = label  # token digest, for logs
         self._chan = None
         self._size: tuple[int, int] | None = None  # (cols, rows) once a PTY was requested
         self._command: str | None = None
-        self._terminal: TerminalSession | None = None
+        self._terminal: services.Terminal | None = None
         self._input: asyncio.Queue[bytes | None] = asyncio.Queue()
         self._ready = asyncio.Event()  # input may reach the program
         self._reading_paused = False
@@ -254,9 +206,9 @@ class SandboxSession(asyncssh.SSHServerSession):
     async def _run(self) -> None:
         try:
             self._terminal = await asyncio.to_thread(self._open)
-        except ProviderError as exc:
+        except services.SandboxError as exc:
             log.info("ssh session %s on %s not opened: %s", self._label, self._remote_id, exc)
-            if exc.kind in (ErrorKind.INVALID_STATE, ErrorKind.NOT_FOUND):
+            if exc.kind in (services.ErrorKind.INVALID_STATE, services.ErrorKind.NOT_FOUND):
                 self._finish(1, STOPPED_MESSAGE)
             else:
                 self._finish(1, str(exc))
@@ -277,10 +229,10 @@ class SandboxSession(asyncssh.SSHServerSession):
         log.info("ssh session %s on %s ended (exit status %s)", self._label, self._remote_id, code)
         self._finish(code)
 
-    def _open(self) -> TerminalSession:
+    def _open(self) -> services.Terminal:
         cols, rows = self._size or DEFAULT_SIZE
-        return self._gateway.provider.open_terminal(
-            self._remote_id,
+        return services.ssh_terminal_open(
+            target=self._target,
             session_id=f"ssh-{secrets.token_hex(8)}",
             cols=cols,
             rows=rows,
@@ -345,7 +297,7 @@ class SandboxSession(asyncssh.SSHServerSession):
         now = time.monotonic()
         if now - self._last_activity >= ACTIVITY_INTERVAL:
             self._last_activity = now
-            self._gateway.run_blocking(record_activity, self._gateway.provider.name, self._remote_id)
+            self._gateway.run_blocking(record_activity, self._target)
 
     def _finish(self, code: int | None, message: str = "") -> None:
         if self._closed:
@@ -358,7 +310,7 @@ class SandboxSession(asyncssh.SSHServerSession):
             self._chan.exit(code)
 
 
-def _end(terminal: TerminalSession) -> None:
+def _end(terminal: services.Terminal) -> None:
     """End the program and close the attachment (the web terminal detaches instead)."""
     terminal.kill()
     terminal.detach()
@@ -373,7 +325,7 @@ class GatewayConnection(asyncssh.SSHServer):
     def __init__(self, gateway: SshGateway):
         self._gateway = gateway
         self._conn: asyncssh.SSHServerConnection | None = None
-        self._remote_id: str | None = None
+        self._target: services.SshTarget | None = None
         self._label = ""
 
     def connection_made(self, conn) -> None:
@@ -385,13 +337,13 @@ class GatewayConnection(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self._label = token_digest(username)
-        check = await asyncio.to_thread(check_token, self._gateway.provider, username)
+        check = await asyncio.to_thread(services.ssh_token_check, username)
         peer = self._conn.get_extra_info("peername") if self._conn else None
-        if check.remote_id is None:
+        if check.target is None:
             log.info("ssh token %s from %s refused: %s", self._label, peer and peer[0], check.refusal)
-            raise asyncssh.PermissionDenied(check.refusal)
-        self._remote_id = check.remote_id
-        log.info("ssh token %s from %s accepted for sandbox %s", self._label, peer and peer[0], check.remote_id)
+            raise asyncssh.PermissionDenied(REFUSALS[check.refusal])
+        self._target = check.target
+        log.info("ssh token %s from %s accepted for sandbox %s", self._label, peer and peer[0], check.target.remote_id)
         return False  # no further authentication: the token was the credential
 
     def password_auth_supported(self) -> bool:
@@ -404,10 +356,10 @@ class GatewayConnection(asyncssh.SSHServer):
         return False
 
     def session_requested(self):
-        if self._remote_id is None:
+        if self._target is None:
             return False
         chan = self._conn.create_server_channel(encoding=None)
-        return chan, SandboxSession(self._gateway, self._remote_id, self._label)
+        return chan, SandboxSession(self._gateway, self._target, self._label)
 
 
 # --- the gateway ------------------------------------------------------------------------------
@@ -416,8 +368,7 @@ class GatewayConnection(asyncssh.SSHServer):
 class SshGateway:
     """The SSH server. ``await start()``, then ``await stop()`` (which ends every session)."""
 
-    def __init__(self, *, provider: LocalProvider, host_key: asyncssh.SSHKey, bind: str, port: int):
-        self.provider = provider
+    def __init__(self, *, host_key: asyncssh.SSHKey, bind: str, port: int):
         self.host_key = host_key
         self.bind = bind
         self.port = port
@@ -475,7 +426,7 @@ class SshGateway:
         def call() -> None:
             try:
                 func(*args)
-            except ProviderError as exc:
+            except services.SandboxError as exc:
                 log.info("%s failed: %s", getattr(func, "__name__", func), exc)
 
         asyncio.get_running_loop().run_in_executor(None, call)

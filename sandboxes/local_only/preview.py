@@ -1,4 +1,5 @@
-"""The preview of a local sandbox: the app its owner runs on port 3000, served by the portal.
+"""The preview relay: the app a sandbox's owner runs on port 3000, served by the portal, for
+sandboxes whose provider serves no preview of its own (``Capability.PREVIEW_RELAY``: local ones).
 
 ``/sandboxes/<id>/preview/<path>``
     For the signed-in owner: redirects to the same path under a capability (below). Anyone
@@ -33,33 +34,55 @@ from django.core.handlers.asgi import ASGIRequest
 from django.http import Http404, HttpResponse, HttpResponseRedirect, StreamingHttpResponse
 from django.views.decorators.csrf import csrf_exempt
 
-from .models import Sandbox
-from .providers import get_provider
-from .providers.base import ErrorKind, ProviderError
-from .providers.local import LocalProvider, PortClosed
+from sandboxes import services
+from sandboxes.http import no_store
 
 log = logging.getLogger(__name__)
 
 PREVIEW_CSP = "sandbox allow-scripts allow-forms allow-popups allow-modals"
-PAGE_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-)
+PAGE_CSP = "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 UPSTREAM_TIMEOUT = 120.0  # dev servers compile on the first request
 CHUNK = 1 << 16
 HOP_BY_HOP = frozenset(
-    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "proxy-connection", "te", "trailer",
-     "transfer-encoding", "upgrade"}
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+    }
 )
 # The portal's credentials and our own forwarding headers never reach the app.
 DROPPED_REQUEST_HEADERS = HOP_BY_HOP | {
-    "cookie", "host", "content-length", "x-csrftoken", "forwarded", "x-forwarded-for", "x-forwarded-host",
-    "x-forwarded-proto", "x-forwarded-prefix", "x-real-ip",
+    "cookie",
+    "host",
+    "content-length",
+    "x-csrftoken",
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-prefix",
+    "x-real-ip",
 }
 # Headers that would act on the portal's origin rather than on the preview.
 DROPPED_RESPONSE_HEADERS = HOP_BY_HOP | {
-    "set-cookie", "set-cookie2", "content-security-policy", "content-security-policy-report-only",
-    "strict-transport-security", "clear-site-data", "public-key-pins", "alt-svc", "service-worker-allowed",
-    "report-to", "reporting-endpoints", "nel",
+    "set-cookie",
+    "set-cookie2",
+    "content-security-policy",
+    "content-security-policy-report-only",
+    "strict-transport-security",
+    "clear-site-data",
+    "public-key-pins",
+    "alt-svc",
+    "service-worker-allowed",
+    "report-to",
+    "reporting-endpoints",
+    "nel",
 }
 LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 
@@ -69,23 +92,20 @@ LOCAL_HOSTS = {"localhost", "127.0.0.1", "::1", "0.0.0.0"}
 def preview(request, remote_id: str, path: str = ""):
     """Owner or capability check, then the redirect to a capability URL or the proxied answer
     (see the module docstring). Someone else's sandbox, or none, is a 404 to the signed in."""
-    sandbox = Sandbox.objects.filter(remote_id=remote_id).only("user_id", "provider").first()
-    provider = get_provider(sandbox.provider) if sandbox is not None else None
-    if not isinstance(provider, LocalProvider):
-        sandbox = None
+    sandbox = services.preview_sandbox(remote_id=remote_id)
     user = request.user if request.user.is_authenticated else None
     if user is not None and (sandbox is None or sandbox.user_id != user.pk):
         raise Http404("No such sandbox.")
 
     capability, rest = _split_capability(path)
     if capability is not None and sandbox is not None:
-        nonce = provider.link_nonce(remote_id)
+        nonce = _link_nonce(sandbox)
         if nonce is not None and _capability_owner(capability, remote_id, nonce) == sandbox.user_id:
-            return _proxy(request, provider, remote_id, rest, base=f"/sandboxes/{remote_id}/preview/~{capability}")
+            return _proxy(request, sandbox, rest, base=f"/sandboxes/{remote_id}/preview/~{capability}")
 
     if user is None:
         return redirect_to_login(request.get_full_path())
-    nonce = provider.link_nonce(remote_id)
+    nonce = _link_nonce(sandbox)
     if nonce is None:
         return _not_running()
     target = f"/sandboxes/{remote_id}/preview/~{_capability(remote_id, user.pk, nonce)}/{rest}"
@@ -94,9 +114,17 @@ def preview(request, remote_id: str, path: str = ""):
     response = HttpResponseRedirect(target)
     if request.method not in ("GET", "HEAD"):
         response.status_code = 307  # keep the method and body
-    response["Cache-Control"] = "no-store"
     response["Referrer-Policy"] = "no-referrer"
-    return response
+    return no_store(response)
+
+
+def _link_nonce(sandbox) -> str | None:
+    """None when the sandbox does not run, or cannot be asked (a preview then is not served)."""
+    try:
+        return services.preview_link_nonce(sandbox=sandbox)
+    except services.SandboxError as exc:
+        log.warning("preview of %s: %s", sandbox.remote_id, exc)
+        return None
 
 
 # --- capabilities -------------------------------------------------------------------------------
@@ -128,25 +156,13 @@ def _split_capability(path: str) -> tuple[str | None, str]:
 # --- the proxy ----------------------------------------------------------------------------------
 
 
-def _proxy(request, provider: LocalProvider, remote_id: str, path: str, *, base: str):
+def _proxy(request, sandbox, path: str, *, base: str):
     port = settings.SANDBOX_PREVIEW_PORT
+    remote_id = sandbox.remote_id
     try:
-        sock = provider.open_relay(remote_id, port)
-    except PortClosed:
-        return _page(
-            502,
-            f"Nothing is listening on port {port}",
-            f"Start your app on port {port} in your sandbox's terminal (for example "
-            f"<code>npm run dev -- --port {port}</code> or <code>python3 -m http.server {port}</code>), "
-            "then reload this page.",
-        )
-    except ProviderError as exc:
-        if exc.kind is ErrorKind.NOT_FOUND:
-            raise Http404("No such sandbox.") from exc
-        if exc.kind is ErrorKind.INVALID_STATE:
-            return _not_running()
-        log.warning("preview of %s failed: %s", remote_id, exc)
-        return _page(502, "The sandbox did not answer", "Please reload in a moment.")
+        sock = services.preview_connect(sandbox=sandbox, port=port)
+    except services.SandboxError as exc:
+        return _relay_refused(exc, remote_id, port)
 
     sock.settimeout(UPSTREAM_TIMEOUT)
     connection = http.client.HTTPConnection("localhost", port, timeout=UPSTREAM_TIMEOUT)
@@ -182,6 +198,23 @@ def _proxy(request, provider: LocalProvider, remote_id: str, path: str, *, base:
     response["Referrer-Policy"] = "no-referrer"
     response.setdefault("Cache-Control", "private, no-cache")
     return response
+
+
+def _relay_refused(exc, remote_id: str, port: int) -> HttpResponse:
+    if exc.kind == services.ErrorKind.PORT_CLOSED:
+        return _page(
+            502,
+            f"Nothing is listening on port {port}",
+            f"Start your app on port {port} in your sandbox's terminal (for example "
+            f"<code>npm run dev -- --port {port}</code> or <code>python3 -m http.server {port}</code>), "
+            "then reload this page.",
+        )
+    if exc.kind == services.ErrorKind.NOT_FOUND:
+        raise Http404("No such sandbox.") from exc
+    if exc.kind == services.ErrorKind.INVALID_STATE:
+        return _not_running()
+    log.warning("preview of %s failed: %s", remote_id, exc)
+    return _page(502, "The sandbox did not answer", "Please reload in a moment.")
 
 
 def _body(request):
@@ -286,7 +319,6 @@ def _page(status: int, title: str, hint_html: str) -> HttpResponse:
     )
     response = HttpResponse(body, status=status, content_type="text/html; charset=utf-8")
     response["Content-Security-Policy"] = PAGE_CSP
-    response["Cache-Control"] = "no-store"
     if status == 503:
         response["Retry-After"] = "5"
-    return response
+    return no_store(response)

@@ -1,0 +1,435 @@
+"""The Daytona provider: the contract of :class:`SandboxProvider` on Daytona's REST API.
+
+Every REST call goes through the SDK's generated ``SandboxApi`` by sandbox id, with our own
+deadline and retry policy around it (:mod:`.errors`):
+
+- The SDK's own waits (``create``/``start``/``stop`` with ``timeout=``) arm ``SIGALRM`` in the
+  main thread, cancelling any alarm the caller had, and inject an asynchronous exception in
+  other threads, which can land anywhere (inside a connection-pool lock, say). Waiting here is
+  a plain loop of ``GET /sandbox/{id}`` against ``time.monotonic()``, so a wait that runs out
+  leaves no alarm and no half-finished request behind, in any thread.
+- Methods on the SDK's ``Sandbox`` need a ``GET`` first to build the object; calling the API by
+  id saves that round trip on every launch. Only the terminal needs the object (its PTY goes
+  through the sandbox's toolbox proxy), and it builds one per attachment.
+- The SDK leaves retries to urllib3, which repeats some failed GETs at once and would sleep
+  through any ``Retry-After`` on them, however long. The policy here retries what is safe to
+  repeat, with backoff, within a bounded budget, and reports longer hints to the caller.
+
+Socket.IO state events only shorten the SDK's own waits, which are not used, so the client runs
+in polling mode: no background websocket and no connection attempts per sandbox object.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+import urllib3
+from daytona import Daytona, DaytonaConfig
+from daytona_api_client import SandboxApi
+
+from ..base import (
+    Capability,
+    ErrorKind,
+    ProviderError,
+    RemoteSandbox,
+    RemoteState,
+    SandboxAccess,
+    SandboxProvider,
+    SandboxSpec,
+    SignedLink,
+    SshAccess,
+    TerminalSession,
+)
+from .convert import (
+    AT_REST,
+    HEADING_TO_REST,
+    HEADING_TO_RUNNING,
+    RUNNING,
+    create_request,
+    remote_sandbox,
+    remote_state,
+    sandbox_page,
+    signed_link,
+    ssh_access,
+    state_word,
+)
+from .errors import Backoff, gone_is_done, log_failure, provider_error
+from .terminal import attach
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+PAGE_SIZE = 200  # the API's maximum page size for GET /sandbox
+FIRST_POLL_SECONDS = 0.1
+POLL_GROWTH = 1.25  # a wait overshoots the transition by at most a quarter of its length
+MAX_POLL_SECONDS = 1.0
+POOL_THREADS = 32  # for the concurrent calls of mint_access and revoke_access
+
+
+class DaytonaProvider(SandboxProvider):
+    """Daytona sandboxes. One SDK client per instance, built on first use; thread-safe."""
+
+    name = "daytona"
+
+    def __init__(
+        self,
+        *,
+        api_key: str,
+        api_url: str,
+        target: str,
+        image: str = "",
+        snapshot: str = "",
+        http_timeout: float = 10.0,
+        max_retries: int = 3,
+        max_retry_wait: float = 8.0,
+        terminal_port: int = 22222,
+    ):
+        self._api_key = api_key
+        self._api_url = api_url
+        self._target = target
+        self._image = image
+        self._snapshot = snapshot
+        self._http_timeout = float(http_timeout)
+        self._max_retries = max_retries
+        self._max_retry_wait = max_retry_wait
+        self._terminal_port = terminal_port
+        self._lock = threading.Lock()
+        self._client: Daytona | None = None
+        self._sandbox_api: SandboxApi | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    # -- lookups ------------------------------------------------------------------------
+
+    def find(self, name: str) -> RemoteSandbox | None:
+        sandbox = self._read(name)
+        # The API matches ids before names; a hit by id is not a sandbox of that name.
+        if sandbox is None or sandbox.name != name or sandbox.state is RemoteState.DESTROYING:
+            return None
+        return sandbox
+
+    def get(self, remote_id: str) -> RemoteSandbox | None:
+        return self._read(remote_id)
+
+    def list_managed(self, labels: Mapping[str, str]) -> Iterator[RemoteSandbox]:
+        label_filter = json.dumps(dict(labels))
+        cursor: str | None = None
+        while True:
+            sandboxes, cursor = self._list_page(label_filter, cursor)
+            yield from sandboxes
+            if not cursor:
+                return
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    def create(self, spec: SandboxSpec, *, wait_seconds: float) -> RemoteSandbox:
+        deadline = _deadline(wait_seconds)
+        request = create_request(spec, target=self._target, default_image=self._image, default_snapshot=self._snapshot)
+        # A hosted create may hold the response until the sandbox runs, so the read timeout
+        # stretches to the caller's wait instead of declaring the outcome unknown early.
+        read_timeout = max(self._http_timeout, float(wait_seconds))
+        sandbox = self._call(
+            "create",
+            lambda: remote_sandbox(self._api.create_sandbox(request, _request_timeout=read_timeout)),
+            idempotent=False,
+        )
+        logger.info("Daytona sandbox %s created (%s)", sandbox.id, sandbox.backend_state)
+        return self._wait_for(sandbox, RUNNING, deadline)
+
+    def start(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
+        deadline = _deadline(wait_seconds)
+        sandbox = self._change_state("start", remote_id, self._api.start_sandbox, HEADING_TO_RUNNING)
+        return self._wait_for(sandbox, RUNNING, deadline)
+
+    def stop(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
+        deadline = _deadline(wait_seconds)
+        sandbox = self._change_state("stop", remote_id, self._api.stop_sandbox, HEADING_TO_REST)
+        self._revoke_ssh_tokens(remote_id)
+        return self._wait_for(sandbox, AT_REST, deadline)
+
+    def recover(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
+        deadline = _deadline(wait_seconds)
+        sandbox = self._change_state("recover", remote_id, self._api.recover_sandbox, HEADING_TO_RUNNING)
+        return self._wait_for(sandbox, RUNNING, deadline)
+
+    def delete(self, remote_id: str) -> None:
+        with gone_is_done():
+            self._call("delete", lambda: self._api.delete_sandbox(remote_id, _request_timeout=self._http_timeout))
+        logger.info("Daytona sandbox %s deleted", remote_id)
+
+    # -- access -------------------------------------------------------------------------
+
+    def mint_access(self, remote_id: str, *, ssh_minutes: int, preview_port: int, link_seconds: int) -> SandboxAccess:
+        ssh, preview, terminal = self._run_concurrently(
+            lambda: self._create_ssh_access(remote_id, ssh_minutes),
+            lambda: self._sign_link(remote_id, preview_port, link_seconds),
+            lambda: self._sign_link(remote_id, self._terminal_port, link_seconds),
+        )
+        return SandboxAccess(ssh=ssh, preview=preview, terminal=terminal)
+
+    def revoke_access(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
+        self._run_concurrently(
+            lambda: self._revoke_ssh_tokens(remote_id),
+            *(lambda link=link: self._expire_link(remote_id, link, preview_port) for link in links),
+        )
+
+    def refresh_activity(self, remote_id: str) -> None:
+        self._call(
+            "refresh activity",
+            lambda: self._api.update_last_activity(remote_id, _request_timeout=self._http_timeout),
+        )
+
+    # -- terminal -----------------------------------------------------------------------
+
+    def open_terminal(
+        self, remote_id: str, *, session_id: str, cols: int, rows: int, command: list[str] | None = None
+    ) -> TerminalSession:
+        """Through the toolbox API: create the PTY session, or attach when it exists (the
+        create is refused with 409 then, before any upgrade), and size it to the caller's
+        window, which may differ from the one it was created for.
+
+        Always the login shell: without ``Capability.TERMINAL_COMMAND``, a ``command`` is
+        refused (``kind=REJECTED``) before any call."""
+        if command is not None:
+            raise self._lacks(Capability.TERMINAL_COMMAND)
+        sandbox = self._call("get", lambda: self._sdk.get(remote_id, request_timeout=self._http_timeout))
+        state = remote_state(state_word(sandbox.state))
+        if state is RemoteState.DESTROYING:
+            raise ProviderError("The Daytona sandbox no longer exists.", kind=ErrorKind.NOT_FOUND)
+        if state is not RemoteState.STARTED:
+            raise ProviderError(
+                f"The sandbox is not running ({state_word(sandbox.state)}).", kind=ErrorKind.INVALID_STATE
+            )
+        return attach(sandbox.process, session_id, cols=cols, rows=rows, call=self._call, error=self._terminal_error)
+
+    def _terminal_error(self, exc: Exception, operation: str) -> ProviderError:
+        error = provider_error(exc, operation, idempotent=True, secrets=(self._api_key,))
+        if error.kind is ErrorKind.CONFLICT:
+            # The sandbox stopped after the lookup: the toolbox refuses its PTYs with 409.
+            error = ProviderError(error.message, kind=ErrorKind.INVALID_STATE)
+        log_failure(operation, error)
+        return error
+
+    # -- building blocks ----------------------------------------------------------------
+
+    @property
+    def _api(self) -> SandboxApi:
+        if self._sandbox_api is None:
+            with self._lock:
+                if self._sandbox_api is None:
+                    self._sandbox_api = self._connect()
+        return self._sandbox_api
+
+    @property
+    def _sdk(self) -> Daytona:
+        self._api  # noqa: B018  (builds the client on first use)
+        assert self._client is not None
+        return self._client
+
+    def _connect(self) -> SandboxApi:
+        if not self._api_key:
+            raise ProviderError("Daytona is not configured (no API key).", kind=ErrorKind.REJECTED)
+        config = DaytonaConfig(
+            api_key=self._api_key,
+            api_url=self._api_url,
+            target=self._target,
+            use_deprecated_polling=True,
+        )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            client = Daytona(config)
+        self._client = client
+        # The generated API addresses sandboxes by id; the SDK keeps it on the client.
+        api: SandboxApi = client._sandbox_api
+        # urllib3's default retry sleeps through any Retry-After on a GET, however long;
+        # hints are honoured by ``Backoff`` instead, within its budget.
+        pool = api.api_client.rest_client.pool_manager
+        pool.connection_pool_kw["retries"] = urllib3.Retry(total=3, respect_retry_after_header=False)
+        return api
+
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="daytona")
+        return self._executor
+
+    def _run_concurrently(self, first: Callable[[], Any], *others: Callable[[], Any]) -> list[Any]:
+        """Run ``first`` here and the others on the pool; return every result in order.
+
+        Waits for all of them before raising the first failure, so nothing keeps running
+        behind the caller's back.
+        """
+        futures: list[Future[Any]] = [self._pool().submit(call) for call in others]
+        outcomes: list[Any] = []
+        failure: BaseException | None = None
+        try:
+            outcomes.append(first())
+        except BaseException as exc:  # collected, re-raised below once the pool is done
+            failure = exc
+        for future in futures:
+            try:
+                outcomes.append(future.result())
+            except BaseException as exc:
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return outcomes
+
+    def _list_page(self, label_filter: str, cursor: str | None) -> tuple[list[RemoteSandbox], str | None]:
+        """One page of sandboxes and the cursor of the next page (``None`` after the last)."""
+        return self._call(
+            "list sandboxes",
+            lambda: sandbox_page(
+                self._api.list_sandboxes(
+                    labels=label_filter, cursor=cursor, limit=PAGE_SIZE, _request_timeout=self._http_timeout
+                )
+            ),
+        )
+
+    def _read(self, id_or_name: str, deadline: float | None = None) -> RemoteSandbox | None:
+        try:
+            sandbox = self._call(
+                "get",
+                lambda: remote_sandbox(self._api.get_sandbox(id_or_name, _request_timeout=self._http_timeout)),
+                deadline=deadline,
+            )
+        except ProviderError as error:
+            if error.kind is ErrorKind.NOT_FOUND:
+                return None
+            raise
+        return None if sandbox.backend_state == "destroyed" else sandbox
+
+    def _change_state(
+        self,
+        operation: str,
+        remote_id: str,
+        post: Callable[..., Any],
+        heading: frozenset[RemoteState],
+    ) -> RemoteSandbox:
+        """POST a state change; a refusal counts as success when the sandbox already is, or
+        is becoming, what was asked (a repeated call, or a retry after a lost response)."""
+        try:
+            return self._call(
+                operation,
+                lambda: remote_sandbox(post(remote_id, _request_timeout=self._http_timeout)),
+            )
+        except ProviderError as error:
+            if error.kind not in (ErrorKind.CONFLICT, ErrorKind.INVALID_STATE):
+                raise
+            current = self._read(remote_id)
+            if current is None:
+                raise ProviderError(
+                    f"Daytona {operation} failed: the sandbox no longer exists.", kind=ErrorKind.NOT_FOUND
+                ) from error
+            if current.state not in heading:
+                raise
+            return current
+
+    def _wait_for(self, sandbox: RemoteSandbox, targets: frozenset[RemoteState], deadline: float) -> RemoteSandbox:
+        """Poll until ``sandbox`` reaches one of ``targets`` or errors, or the deadline passes.
+
+        Returns the last state seen. A read that keeps failing ends the wait early with that
+        state too: the sandbox exists, and the caller polls :meth:`get` later.
+        """
+        interval = FIRST_POLL_SECONDS
+        while sandbox.state not in targets and sandbox.state is not RemoteState.ERROR:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(interval, remaining))
+            interval = min(interval * POLL_GROWTH, MAX_POLL_SECONDS)
+            try:
+                current = self._read(sandbox.id, deadline)
+            except ProviderError as error:
+                if not error.retryable:
+                    raise
+                logger.info("Daytona sandbox %s: wait ended early (%s)", sandbox.id, error.kind.value)
+                break
+            if current is None:
+                raise ProviderError("The Daytona sandbox no longer exists.", kind=ErrorKind.NOT_FOUND)
+            sandbox = current
+        return sandbox
+
+    def _create_ssh_access(self, remote_id: str, minutes: int) -> SshAccess:
+        return self._call(
+            "create SSH access",
+            lambda: ssh_access(
+                self._api.create_ssh_access(remote_id, expires_in_minutes=minutes, _request_timeout=self._http_timeout)
+            ),
+        )
+
+    def _revoke_ssh_tokens(self, remote_id: str) -> None:
+        # Without ``token`` the API revokes every token of the sandbox. (The SDK's
+        # ``Sandbox.revoke_ssh_access(token)`` sends the token in the wrong place, which
+        # also revokes all of them.)
+        with gone_is_done():
+            self._call(
+                "revoke SSH access",
+                lambda: self._api.revoke_ssh_access(remote_id, _request_timeout=self._http_timeout),
+            )
+
+    def _sign_link(self, remote_id: str, port: int, seconds: int) -> SignedLink:
+        expires_at = datetime.now(UTC) + timedelta(seconds=seconds)
+        return self._call(
+            "sign preview link",
+            lambda: signed_link(
+                self._api.get_signed_port_preview_url(
+                    remote_id, port, expires_in_seconds=seconds, _request_timeout=self._http_timeout
+                ),
+                expires_at,
+            ),
+        )
+
+    def _expire_link(self, remote_id: str, link: SignedLink, default_port: int) -> None:
+        if not link.token:
+            return
+        with gone_is_done():
+            self._call(
+                "expire preview link",
+                lambda: self._api.expire_signed_port_preview_url(
+                    remote_id, link.port or default_port, link.token, _request_timeout=self._http_timeout
+                ),
+                secrets=(link.token,),
+            )
+
+    def _call(
+        self,
+        operation: str,
+        call: Callable[[], T],
+        *,
+        idempotent: bool = True,
+        deadline: float | None = None,
+        secrets: tuple[str, ...] = (),
+    ) -> T:
+        """Make one API call, retrying transient failures within the retry budget.
+
+        ``idempotent=False`` marks a call that must not be repeated when the backend may have
+        acted: it is retried only after a response proves it did not.
+        """
+        backoff = Backoff(self._max_retries, self._max_retry_wait, deadline)
+        while True:
+            try:
+                return call()
+            except ProviderError:
+                raise
+            except Exception as exc:
+                error = provider_error(exc, operation, idempotent=idempotent, secrets=(self._api_key, *secrets))
+                delay = backoff.next_delay(error)
+                if delay is None:
+                    log_failure(operation, error)
+                    raise error from exc
+            logger.info("Daytona %s: %s, retrying in %.2fs", operation, error.kind.value, delay)
+            time.sleep(delay)
+
+
+def _deadline(wait_seconds: float) -> float:
+    return time.monotonic() + max(0.0, float(wait_seconds))

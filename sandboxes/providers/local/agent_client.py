@@ -1,0 +1,241 @@
+"""Talking to a sandbox's agent over its unix socket (``<root>/<id>/run/agent.sock``).
+
+One request per connection, in the frames of :mod:`.agent`: a JSON request, a JSON reply, and
+for terminals and relays the connection then carries the session's frames or raw bytes. The
+socket lies outside the sandbox, so nothing inside can replace or redirect it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..base import ErrorKind, PortClosed, ProviderError, TerminalSession
+from . import agent as protocol
+
+AGENT_TIMEOUT = 5.0
+STATUS_TIMEOUT = 0.5
+MAX_REPLY = 1 << 20
+MAX_EXEC_REPLY = 64 << 20
+RECV_SIZE = 1 << 18
+
+
+class AgentError(ProviderError):
+    """The agent answered, refusing the request; ``code`` is its error code."""
+
+    def __init__(self, message: str, *, code: str):
+        super().__init__(message, kind=ErrorKind.UNAVAILABLE)
+        self.code = code
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int | None
+    stdout: bytes
+    stderr: bytes
+    timed_out: bool = False
+
+
+# --- frames and terminals ---------------------------------------------------------------------
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes:
+    buffer = bytearray(size)
+    view, received = memoryview(buffer), 0
+    while received < size:
+        count = sock.recv_into(view[received:])
+        if not count:
+            raise ConnectionError("the agent closed the connection")
+        received += count
+    return bytes(buffer)
+
+
+def _recv_frame(sock: socket.socket, max_size: int) -> tuple[bytes, bytes]:
+    kind, length = protocol.FRAME.unpack(_recv_exact(sock, protocol.HEADER))
+    if length > max_size:
+        raise ConnectionError("oversized frame from the agent")
+    return kind, _recv_exact(sock, length)
+
+
+class LocalTerminal(TerminalSession):
+    """An attachment to a PTY session of the agent, over its unix socket.
+
+    Output arrives in frames of up to 64 KiB; :meth:`read` parses every complete frame it has
+    received and returns their bytes joined, so bulk output costs one call per large read.
+    """
+
+    def __init__(self, sock: socket.socket, session_id: str, *, created: bool):
+        self.session_id = session_id
+        self.created = created
+        self._sock = sock
+        self._buffer = bytearray()
+        self._write_lock = threading.Lock()
+        self._exit_code: int | None = None
+        self._ended = False
+        self._detached = False
+        self._input_closed = False
+
+    def read(self) -> bytes:
+        while True:
+            data = self._take_frames()
+            if data:
+                return data
+            if self._ended or self._detached:
+                return b""
+            try:
+                chunk = self._sock.recv(RECV_SIZE)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                self._detached = True  # detached here, or the sandbox stopped
+                return b""
+            self._buffer += chunk
+
+    def _take_frames(self) -> bytes:
+        buffer, offset, parts = self._buffer, 0, []
+        while not self._ended and len(buffer) - offset >= protocol.HEADER:
+            kind, length = protocol.FRAME.unpack_from(buffer, offset)
+            if length > protocol.MAX_FRAME:
+                self._detached = True
+                break
+            end = offset + protocol.HEADER + length
+            if end > len(buffer):
+                break
+            if kind == protocol.DATA:
+                parts.append(buffer[offset + protocol.HEADER : end])
+            elif kind == protocol.EXIT and length == protocol.STATUS.size:
+                self._exit_code = protocol.STATUS.unpack_from(buffer, offset + protocol.HEADER)[0]
+                self._ended = True
+            offset = end
+        if offset:
+            data = b"".join(parts)
+            del buffer[:offset]
+            return data
+        return b""
+
+    def _send(self, kind: bytes, payload: bytes = b"") -> None:
+        if self._ended or self._detached or self._input_closed:
+            return
+        with self._write_lock:
+            try:
+                self._sock.sendall(protocol.frame(kind, payload))
+            except OSError:
+                # The shell is ending; read() still delivers its last output and exit status.
+                self._input_closed = True
+
+    def write(self, data: bytes) -> None:
+        for start in range(0, len(data), protocol.READ_SIZE):
+            self._send(protocol.DATA, bytes(data[start : start + protocol.READ_SIZE]))
+
+    def resize(self, cols: int, rows: int) -> None:
+        self._send(protocol.RESIZE, protocol.WINSIZE.pack(max(1, min(cols, 1000)), max(1, min(rows, 1000))))
+
+    def kill(self) -> None:
+        self._send(protocol.KILL)
+
+    def detach(self) -> None:
+        if self._detached:
+            return
+        self._detached = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._exit_code
+
+    @property
+    def ended(self) -> bool:
+        return self._ended
+
+
+# --- requests ---------------------------------------------------------------------------------
+
+
+def request(
+    socket_path: Path, message: dict, *, timeout: float, keep: bool = False, max_reply: int = MAX_REPLY
+) -> tuple[dict, socket.socket | None]:
+    """Send ``message`` to the agent listening on ``socket_path`` and read its reply. With
+    ``keep``, the connection is returned open for what follows the reply, else closed. Raises
+    ``UNAVAILABLE`` (retryable) when the agent does not answer and :class:`AgentError` when it
+    refuses."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(str(socket_path))
+        sock.sendall(protocol.json_frame(message))
+        kind, payload = _recv_frame(sock, max_reply)
+        reply = json.loads(payload) if kind == protocol.JSON else None
+        if not isinstance(reply, dict):
+            raise ValueError("not a JSON reply")
+    except (OSError, ValueError) as exc:
+        sock.close()
+        raise ProviderError("The sandbox's agent does not answer.", kind=ErrorKind.UNAVAILABLE, retryable=True) from exc
+    if not reply.get("ok"):
+        sock.close()
+        raise AgentError(
+            f"The sandbox refused the request: {str(reply.get('message', ''))[:200]}",
+            code=str(reply.get("error", "")),
+        )
+    if keep:
+        return reply, sock
+    sock.close()
+    return reply, None
+
+
+def agent_status(socket_path: Path) -> dict | None:
+    """The agent's status reply (sessions, last activity, disk use); None when it does not answer."""
+    try:
+        reply, _ = request(socket_path, {"op": "status"}, timeout=STATUS_TIMEOUT)
+    except ProviderError:
+        return None
+    return reply
+
+
+def attach_terminal(
+    socket_path: Path, session_id: str, *, cols: int, rows: int, command: list[str] | None = None
+) -> LocalTerminal:
+    """Attach to the agent's PTY session ``session_id``, creating it (running ``command``
+    instead of the login shell when given)."""
+    message = {"op": "terminal", "session": session_id, "cols": cols, "rows": rows}
+    if command:
+        message["argv"] = list(command)
+    reply, sock = request(socket_path, message, timeout=AGENT_TIMEOUT, keep=True)
+    sock.settimeout(None)
+    return LocalTerminal(sock, session_id, created=bool(reply.get("created")))
+
+
+def open_relay(socket_path: Path, port: int) -> socket.socket:
+    """A blocking stream to ``127.0.0.1:port`` inside the sandbox, relayed by the agent.
+    Raises :class:`PortClosed` when nothing listens there."""
+    try:
+        _, sock = request(socket_path, {"op": "relay", "port": int(port)}, timeout=AGENT_TIMEOUT, keep=True)
+    except AgentError as exc:
+        if exc.code == "refused":
+            raise PortClosed(port) from exc
+        raise
+    sock.settimeout(None)
+    return sock
+
+
+def run_command(socket_path: Path, argv: list[str], *, timeout: float) -> CommandResult:
+    """Have the agent run ``argv`` and wait for it (up to ``timeout`` seconds)."""
+    reply, _ = request(
+        socket_path,
+        {"op": "exec", "argv": list(argv), "timeout": timeout},
+        timeout=timeout + AGENT_TIMEOUT,
+        max_reply=MAX_EXEC_REPLY,
+    )
+    return CommandResult(
+        exit_code=reply.get("exit_code"),
+        stdout=base64.b64decode(reply.get("stdout") or ""),
+        stderr=base64.b64decode(reply.get("stderr") or ""),
+        timed_out=bool(reply.get("timed_out")),
+    )

@@ -1,0 +1,133 @@
+"""Whether sandboxes can run on this machine: bubblewrap, Python for the agent, the root's place.
+
+:func:`local_problems` lists what keeps them from running, each with a fix; the provider refuses
+to start a sandbox while there is any (nothing is ever run unisolated instead), and the portal's
+system checks report them. bwrap is probed at most once per process and arguments.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+from ..base import Problem
+
+# Problem codes: bwrap_missing, bwrap_fails, python_missing, root_not_traversable, root_visible
+
+
+_option_cache: dict[tuple[str, str], bool] = {}
+
+
+def bwrap_has_option(bwrap: str, option: str) -> bool:
+    """Whether this bwrap knows ``option`` (its ``--help`` names it); asked once per process."""
+    key = (bwrap, option)
+    if key not in _option_cache:
+        try:
+            help_text = subprocess.run([bwrap, "--help"], capture_output=True, text=True, timeout=5).stdout
+        except (OSError, subprocess.SubprocessError):
+            help_text = ""
+        _option_cache[key] = option in help_text
+    return _option_cache[key]
+
+
+_probe_cache: dict[tuple, str | None] = {}
+_probe_lock = threading.Lock()
+
+
+def bwrap_failure(bwrap_path: str, *, as_uid: int | None) -> str | None:
+    """Why bwrap cannot create a sandbox's namespaces here (its own words), None when it can.
+
+    Runs ``bwrap --unshare-all ... /bin/true`` once per process and arguments (about 10 ms),
+    as the uid sandboxes run as.
+    """
+    key = (bwrap_path, as_uid)
+    with _probe_lock:
+        if key not in _probe_cache:
+            argv = [bwrap_path, "--unshare-all", "--unshare-user", "--ro-bind", "/usr", "/usr"]
+            for name in ("bin", "lib", "lib64", "sbin"):
+                host = Path("/", name)
+                if host.is_symlink():
+                    argv += ["--symlink", os.readlink(host), f"/{name}"]
+                elif host.is_dir():
+                    argv += ["--ro-bind", str(host), f"/{name}"]
+            argv += ["--proc", "/proc", "--dev", "/dev", "--cap-drop", "ALL", "--", "/bin/true"]
+            kwargs = {"user": as_uid, "group": as_uid, "extra_groups": []} if as_uid is not None else {}
+            try:
+                result = subprocess.run(argv, capture_output=True, text=True, timeout=10, **kwargs)
+            except (OSError, subprocess.SubprocessError) as exc:
+                _probe_cache[key] = str(exc)
+            else:
+                _probe_cache[key] = (
+                    None if result.returncode == 0 else (result.stderr.strip() or f"exit status {result.returncode}")
+                )
+        return _probe_cache[key]
+
+
+def local_problems(*, bwrap: str, root: Path, python: str, own_uids: bool) -> list[Problem]:
+    """Everything that keeps the local provider from running sandboxes here. Nothing is ever
+    run unisolated instead: a start fails with the first problem."""
+    problems: list[Problem] = []
+    bwrap_path = shutil.which(bwrap)
+    if bwrap_path is None:
+        problems.append(
+            Problem(
+                "bwrap_missing",
+                f"bubblewrap was not found (SANDBOX_BWRAP is {bwrap!r}).",
+                "Install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install bubblewrap) "
+                "or set SANDBOX_BWRAP to its path.",
+            )
+        )
+    else:
+        probe_uid = 65534 if own_uids else None  # nobody: as unprivileged as a sandbox's own uid
+        failure = bwrap_failure(bwrap_path, as_uid=probe_uid)
+        if failure:
+            problems.append(
+                Problem(
+                    "bwrap_fails",
+                    f"bubblewrap cannot create the namespaces of a sandbox here: {failure[:300]}",
+                    "Allow unprivileged user namespaces: sysctl -w kernel.unprivileged_userns_clone=1 (Debian "
+                    "kernels) and user.max_user_namespaces=15000 (persist both in /etc/sysctl.d/); on Ubuntu "
+                    "24.04+ also kernel.apparmor_restrict_unprivileged_userns=0 or an AppArmor profile for bwrap. "
+                    "In a container, allow user namespaces (e.g. docker run --security-opt seccomp=unconfined "
+                    "--security-opt apparmor=unconfined), or use Daytona (set DAYTONA_API_KEY).",
+                )
+            )
+    if not python.startswith("/usr/") or not os.access(python, os.X_OK):
+        problems.append(
+            Problem(
+                "python_missing",
+                f"The sandboxes' agent needs Python 3 at {python}, inside /usr (the only host tree they see).",
+                "Install python3 (Debian/Ubuntu: apt-get install python3).",
+            )
+        )
+    if own_uids:
+        for directory in [*reversed(root.parents), root]:
+            try:
+                mode = directory.stat().st_mode
+            except FileNotFoundError:
+                break
+            if not mode & stat.S_IXOTH:
+                problems.append(
+                    Problem(
+                        "root_not_traversable",
+                        f"{directory} is not traversable by other users, so sandboxes (each with its own uid) "
+                        f"cannot reach their homes under SANDBOX_LOCAL_ROOT ({root}).",
+                        f"chmod o+x {directory}, or set SANDBOX_LOCAL_ROOT to a path whose parents are.",
+                    )
+                )
+                break
+    for visible in ("/usr", "/etc", "/proc", "/dev"):
+        if root == Path(visible) or Path(visible) in root.parents:
+            problems.append(
+                Problem(
+                    "root_visible",
+                    f"SANDBOX_LOCAL_ROOT ({root}) is inside {visible}, which sandboxes see.",
+                    "Set SANDBOX_LOCAL_ROOT to a directory outside /usr, /etc, /proc and /dev "
+                    "(default: var/sandboxes).",
+                )
+            )
+    return problems

@@ -1,0 +1,447 @@
+"""The local provider: the portal's contract (:class:`sandboxes.providers.base.SandboxProvider`)
+for sandboxes on this machine, over the store, the lifecycle and the agents of this package."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+import re
+import secrets
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from ..base import (
+    Capability,
+    ErrorKind,
+    ProviderError,
+    RemoteSandbox,
+    RemoteState,
+    SandboxAccess,
+    SandboxProvider,
+    SandboxSpec,
+    SignedLink,
+    SshAccess,
+)
+from . import agent as protocol
+from . import agent_client
+from .agent_client import STATUS_TIMEOUT, CommandResult, LocalTerminal
+from .isolation import Cgroups, namespace_members
+from .lifecycle import Lifecycle
+from .preflight import Problem, local_problems
+from .store import (
+    DESTROYING,
+    ERROR,
+    LOCK_TIMEOUT,
+    SANDBOX_ID,
+    SANDBOX_NAME,
+    STARTED,
+    STARTING,
+    STOPPED,
+    STOPPING,
+    Store,
+    remove_tree,
+    token_digest,
+)
+
+logger = logging.getLogger(__name__)
+
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+REMOTE_STATES = {
+    STOPPED: RemoteState.STOPPED,
+    STARTING: RemoteState.STARTING,
+    STARTED: RemoteState.STARTED,
+    STOPPING: RemoteState.STOPPING,
+    ERROR: RemoteState.ERROR,
+    DESTROYING: RemoteState.DESTROYING,
+}
+
+
+class LocalProvider(SandboxProvider):
+    """Sandboxes on this machine under ``root``. Thread-safe; any number of processes may
+    share one root."""
+
+    name = "local"
+    capabilities = frozenset({Capability.TERMINAL_COMMAND, Capability.PREVIEW_RELAY, Capability.SSH_GATEWAY})
+
+    def __init__(
+        self,
+        root: Path | str,
+        *,
+        ssh_host: str = "localhost",
+        ssh_port: int = 2222,
+        bwrap: str = "bwrap",
+        python: str = "/usr/bin/python3",
+        uid_base: int = 2_000_000_000,
+        cgroup_parent: str = "joepro-sandboxes",
+        pids_max: int = 4096,
+        tmp_size_mb: int = 1024,
+        stop_grace: float = 1.0,
+        disk_check_seconds: float = 120.0,
+    ):
+        self.root = Path(root).absolute()
+        self.ssh_host = ssh_host
+        self.ssh_port = int(ssh_port)
+        self.bwrap = bwrap
+        self.python = python
+        self.uid_base = int(uid_base)
+        self.pids_max = int(pids_max)
+        self.tmp_size = int(tmp_size_mb) << 20
+        self.stop_grace = float(stop_grace)
+        self.disk_check_seconds = float(disk_check_seconds)
+        self.cgroups = Cgroups(cgroup_parent)
+        self.own_uids = os.geteuid() == 0
+        self.store = Store(self.root)
+        self.lifecycle = Lifecycle(
+            self.store,
+            self.cgroups,
+            bwrap=self.bwrap,
+            python=self.python,
+            own_uids=self.own_uids,
+            uid_base=self.uid_base,
+            pids_max=self.pids_max,
+            tmp_size=self.tmp_size,
+            stop_grace=self.stop_grace,
+            disk_check_seconds=self.disk_check_seconds,
+        )
+
+    @classmethod
+    def from_settings(cls) -> LocalProvider:
+        from django.conf import settings
+
+        return cls(
+            settings.SANDBOX_LOCAL_ROOT,
+            ssh_host=settings.SANDBOX_SSH_HOST,
+            ssh_port=settings.SANDBOX_SSH_PORT,
+            bwrap=settings.SANDBOX_BWRAP,
+            uid_base=settings.SANDBOX_LOCAL_UID_BASE,
+            cgroup_parent=settings.SANDBOX_LOCAL_CGROUP_PARENT,
+        )
+
+    # -- lookups ------------------------------------------------------------------------------
+
+    def find(self, name: str) -> RemoteSandbox | None:
+        if not SANDBOX_NAME.fullmatch(name or ""):
+            return None
+        sandbox_id = self.store.named(name)
+        if sandbox_id is None:
+            return None
+        remote = self.get(sandbox_id)
+        if remote is None or remote.name != name or remote.state is RemoteState.DESTROYING:
+            return None
+        return remote
+
+    def get(self, remote_id: str) -> RemoteSandbox | None:
+        if not SANDBOX_ID.fullmatch(remote_id or ""):
+            return None
+        record = self.store.read(remote_id)
+        if record is None:
+            return None
+        return self._remote(record)
+
+    def list_managed(self, labels: Mapping[str, str]) -> Iterator[RemoteSandbox]:
+        for sandbox_id in self.store.ids():
+            record = self.store.read(sandbox_id)
+            if record is None or record["state"] == DESTROYING:
+                continue
+            if all(record["labels"].get(key) == value for key, value in labels.items()):
+                yield self._remote(record)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def create(self, spec: SandboxSpec, *, wait_seconds: float) -> RemoteSandbox:
+        """Creates the workspace and starts it. A local start takes well under a second, so
+        the call returns once the sandbox runs, whatever ``wait_seconds``."""
+        if not SANDBOX_NAME.fullmatch(spec.name or ""):
+            raise ProviderError(f"{spec.name!r} is not a valid sandbox name.", kind=ErrorKind.REJECTED)
+        for key, value in spec.env.items():
+            if not ENV_NAME.fullmatch(key) or "\0" in value:
+                raise ProviderError(f"Invalid environment variable {key!r}.", kind=ErrorKind.REJECTED)
+        self.store.prepare()
+        with self.store.root_lock():
+            if self.store.name_taken(spec.name):
+                raise ProviderError(f"A sandbox named {spec.name} exists already.", kind=ErrorKind.CONFLICT)
+            sandbox_id = uuid.uuid4().hex
+            uid = self.uid_base + self.store.free_slot(self.uid_base) if self.own_uids else None
+            now = time.time()
+            record = {
+                "id": sandbox_id,
+                "name": spec.name,
+                "labels": dict(spec.labels),
+                "cpu": spec.cpu,
+                "memory_gb": spec.memory_gb,
+                "disk_gb": spec.disk_gb,
+                "auto_stop_minutes": spec.auto_stop_minutes,
+                "env": dict(spec.env),
+                "uid": uid,
+                "state": STOPPED,
+                "error": "",
+                "created_at": now,
+                "started_at": None,
+                "stopped_at": None,
+                "last_activity_at": now,
+                "process": None,
+                "limits": {},
+                "ssh": None,
+                "link_nonce": None,
+            }
+            self.store.make_workspace(sandbox_id, uid)
+            self.store.write(record)
+            self.store.add_name(spec.name, sandbox_id)
+        logger.info("local sandbox %s (%s) created", sandbox_id, spec.name)
+        with self.store.locked(sandbox_id, timeout=LOCK_TIMEOUT):
+            record = self.lifecycle.start_locked(self.store.load(sandbox_id))
+        return self._remote(record)
+
+    def start(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
+        """Starts the sandbox and returns once its agent answers (well under a second)."""
+        sandbox_id = self._existing(remote_id)
+        with self.store.locked(sandbox_id, timeout=max(wait_seconds, 2.0)):
+            record = self.lifecycle.settle_locked(self.store.load(sandbox_id))
+            if record["state"] == STARTED:
+                return self._remote(record)
+            record = self.lifecycle.start_locked(record)
+        return self._remote(record)
+
+    def stop(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
+        """Ends every process of the sandbox (verified: none is left in its PID namespace),
+        removes its cgroups and revokes its SSH token and preview links. Files are kept."""
+        sandbox_id = self._existing(remote_id)
+        with self.store.locked(sandbox_id, timeout=max(wait_seconds, 2.0)):
+            record = self.store.load(sandbox_id)
+            if record["state"] in (STOPPED, ERROR) and not record.get("process"):
+                return self._remote(record)
+            record["state"] = STOPPING
+            self.store.write(record)
+            self.lifecycle.terminate(record)
+            record = self.lifecycle.stopped(record)
+        logger.info("local sandbox %s stopped", sandbox_id)
+        return self._remote(record)
+
+    def recover(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
+        """An errored local sandbox is one whose start failed: recovering is starting again."""
+        return self.start(remote_id, wait_seconds=wait_seconds)
+
+    def delete(self, remote_id: str) -> None:
+        if not SANDBOX_ID.fullmatch(remote_id or ""):
+            return
+        try:
+            with self.store.locked(remote_id, timeout=LOCK_TIMEOUT):
+                record = self.store.read(remote_id)
+                if record is None:
+                    return
+                record["state"] = DESTROYING
+                self.store.write(record)
+                self.lifecycle.terminate(record)
+                self.store.drop_ssh_token(record)
+                with self.store.root_lock():
+                    self.store.remove_name(record["name"], remote_id)
+                trash = self.store.move_to_trash(remote_id)
+        except ProviderError as exc:
+            if exc.kind is ErrorKind.NOT_FOUND:
+                return
+            raise
+        remove_tree(trash)
+        logger.info("local sandbox %s deleted", remote_id)
+
+    # -- access -------------------------------------------------------------------------------
+
+    def mint_access(self, remote_id: str, *, ssh_minutes: int, preview_port: int, link_seconds: int) -> SandboxAccess:
+        """An SSH token for the portal's SSH gateway (replacing the previous one), and the
+        portal paths of the preview and the terminal. The links are relative: the portal
+        serves them itself, for the owner only."""
+        sandbox_id = self._existing(remote_id)
+        token = secrets.token_hex(16)  # OpenSSH refuses user names that start with "-"
+        digest = token_digest(token)
+        now = datetime.now(UTC)
+        ssh_expires = now + timedelta(minutes=ssh_minutes)
+        with self.store.locked(sandbox_id, timeout=LOCK_TIMEOUT):
+            record = self.lifecycle.settle_locked(self.store.load(sandbox_id))
+            if record["state"] != STARTED:
+                raise ProviderError("The sandbox is not running.", kind=ErrorKind.INVALID_STATE)
+            self.store.drop_ssh_token(record)
+            self.store.add_token(digest, sandbox_id, ssh_expires.timestamp())
+            record["ssh"] = {"hash": digest, "expires_at": ssh_expires.timestamp()}
+            self.store.write(record)
+        links_expire = now + timedelta(seconds=link_seconds)
+        return SandboxAccess(
+            ssh=SshAccess(
+                token=token,
+                host=self.ssh_host,
+                port=self.ssh_port,
+                command=f"ssh -p {self.ssh_port} {token}@{self.ssh_host}",
+                expires_at=ssh_expires,
+            ),
+            preview=SignedLink(url=f"/sandboxes/{sandbox_id}/preview/", expires_at=links_expire, port=preview_port),
+            terminal=SignedLink(url=f"/sandboxes/{sandbox_id}/terminal/", expires_at=links_expire),
+        )
+
+    def revoke_access(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
+        """Deletes the SSH token and invalidates every preview link handed out (see
+        :meth:`link_nonce`)."""
+        if not SANDBOX_ID.fullmatch(remote_id or ""):
+            return
+        try:
+            with self.store.locked(remote_id, timeout=LOCK_TIMEOUT):
+                record = self.store.read(remote_id)
+                if record is None:
+                    return
+                self.store.drop_ssh_token(record)
+                if record.get("link_nonce"):
+                    record["link_nonce"] = secrets.token_hex(16)
+                self.store.write(record)
+        except ProviderError as exc:
+            if exc.kind is not ErrorKind.NOT_FOUND:
+                raise
+
+    def resolve_ssh_token(self, token: str) -> str | None:
+        """The id of the running sandbox this SSH token opens; None when the token is unknown,
+        expired, revoked, or its sandbox is not running."""
+        entry = self.store.token_entry(token)
+        if entry is None:
+            return None
+        digest, sandbox_id, _ = entry
+        record = self.store.read(sandbox_id)
+        ssh = (record or {}).get("ssh") or {}
+        if not hmac.compare_digest(str(ssh.get("hash", "")), digest):
+            return None
+        if float(ssh.get("expires_at") or 0) <= time.time():
+            return None
+        if self.lifecycle.observed(record) != STARTED:
+            return None
+        return sandbox_id
+
+    def ssh_token_sandbox(self, token: str) -> str | None:
+        """The id of the sandbox an unexpired, unrevoked SSH token was minted for, whatever
+        that sandbox's state (so a refusal can say "stopped" rather than "revoked"); None for an
+        unknown, expired or revoked token. Reads the token index only: revoking a token (stop,
+        :meth:`revoke_access`, a newer token, delete) removes it from there."""
+        entry = self.store.token_entry(token)
+        if entry is None:
+            return None
+        _, sandbox_id, expires_at = entry
+        try:
+            unexpired = float(expires_at) > time.time()
+        except (TypeError, ValueError):
+            return None
+        return sandbox_id if unexpired else None
+
+    def link_nonce(self, remote_id: str) -> str | None:
+        """A value that changes at every start, stop and :meth:`revoke_access`: preview links
+        signed with it expire early with it. None unless the sandbox runs."""
+        record = self.store.read(remote_id) if SANDBOX_ID.fullmatch(remote_id or "") else None
+        if record is None or self.lifecycle.observed(record) != STARTED:
+            return None
+        return record.get("link_nonce")
+
+    def refresh_activity(self, remote_id: str) -> None:
+        sandbox_id = self._existing(remote_id)
+        with self.store.locked(sandbox_id, timeout=LOCK_TIMEOUT):
+            record = self.store.load(sandbox_id)
+            record["last_activity_at"] = time.time()
+            self.store.write(record)
+        if record["state"] == STARTED:
+            try:
+                agent_client.request(self.store.socket_path(sandbox_id), {"op": "touch"}, timeout=STATUS_TIMEOUT)
+            except ProviderError:
+                pass
+
+    # -- inside the sandbox -------------------------------------------------------------------
+
+    def open_terminal(
+        self, remote_id: str, *, session_id: str, cols: int, rows: int, command: list[str] | None = None
+    ) -> LocalTerminal:
+        """See :meth:`SandboxProvider.open_terminal`. ``command``, when given, runs instead of
+        the login shell if the session is created (for an SSH client's command)."""
+        if not protocol.SESSION_ID.fullmatch(session_id or ""):
+            raise ProviderError("Terminal session ids are 1 to 64 letters, digits or dashes.", kind=ErrorKind.REJECTED)
+        sandbox_id = self._running(remote_id)
+        return agent_client.attach_terminal(
+            self.store.socket_path(sandbox_id), session_id, cols=cols, rows=rows, command=command
+        )
+
+    def open_relay(self, remote_id: str, port: int) -> socket.socket:
+        """A connected stream (blocking, no timeout) to ``127.0.0.1:port`` inside the running
+        sandbox: raw bytes both ways, half-closes passed on. Raises :class:`PortClosed` when
+        nothing listens there."""
+        sandbox_id = self._running(remote_id)
+        return agent_client.open_relay(self.store.socket_path(sandbox_id), port)
+
+    def run(self, remote_id: str, argv: list[str], *, timeout: float = 30.0) -> CommandResult:
+        """Run a command in the sandbox's home (a new session, stdin /dev/null) and wait for
+        it. Background children it leaves behind keep running."""
+        sandbox_id = self._running(remote_id)
+        return agent_client.run_command(self.store.socket_path(sandbox_id), argv, timeout=timeout)
+
+    def record(self, remote_id: str) -> dict | None:
+        """The sandbox's record as stored (state, times, processes, cgroups, uid, limits), for
+        operators and tests; None when it does not exist. Secrets are stored only hashed."""
+        return self.store.read(remote_id) if SANDBOX_ID.fullmatch(remote_id or "") else None
+
+    def processes(self, remote_id: str) -> list[int]:
+        """Host pids of every process of the sandbox (empty when it is not running)."""
+        record = self.store.read(remote_id) if SANDBOX_ID.fullmatch(remote_id or "") else None
+        process = (record or {}).get("process") or {}
+        return namespace_members(process["pid_namespace"]) if process.get("pid_namespace") else []
+
+    # -- what this machine enforces -----------------------------------------------------------
+
+    def limits_in_force(self) -> dict[str, str]:
+        """How each limit is enforced on this machine, for operators and the README."""
+        return self.lifecycle.limits_in_force()
+
+    def problems(self) -> list[Problem]:
+        """What keeps sandboxes from running here (empty when nothing does)."""
+        return local_problems(bwrap=self.bwrap, root=self.root, python=self.python, own_uids=self.own_uids)
+
+    # -- the record ---------------------------------------------------------------------------
+
+    def _existing(self, remote_id: str) -> str:
+        if not self.store.exists(remote_id):
+            raise ProviderError("The sandbox does not exist.", kind=ErrorKind.NOT_FOUND)
+        return remote_id
+
+    def _running(self, remote_id: str) -> str:
+        """The id of a sandbox that runs; NOT_FOUND or INVALID_STATE otherwise."""
+        sandbox_id = self._existing(remote_id)
+        record = self.store.load(sandbox_id)
+        if self.lifecycle.observed(record) != STARTED:
+            raise ProviderError("The sandbox is not running.", kind=ErrorKind.INVALID_STATE)
+        return sandbox_id
+
+    def _remote(self, record: dict) -> RemoteSandbox:
+        observed = self.lifecycle.observed(record)
+        if observed != record["state"] and self.store.lock_is_free(record["id"]):
+            try:
+                with self.store.locked(record["id"], timeout=0):
+                    record = self.lifecycle.settle_locked(self.store.load(record["id"]))
+                    observed = self.lifecycle.observed(record)
+            except ProviderError:
+                pass
+        last_activity = record.get("last_activity_at")
+        if observed == STARTED:
+            status = agent_client.agent_status(self.store.socket_path(record["id"]))
+            if status and status.get("last_activity"):
+                last_activity = max(last_activity or 0, float(status["last_activity"]))
+        return RemoteSandbox(
+            id=record["id"],
+            name=record["name"],
+            state=REMOTE_STATES.get(observed, RemoteState.UNKNOWN),
+            labels=dict(record["labels"]),
+            backend_state=observed,
+            cpu=record["cpu"],
+            memory_gb=record["memory_gb"],
+            disk_gb=record["disk_gb"],
+            error_reason=(record.get("error") or "") if observed == ERROR else "",
+            recoverable=observed == ERROR,
+            last_activity_at=_datetime(last_activity),
+            created_at=_datetime(record.get("created_at")),
+        )
+
+
+def _datetime(timestamp: float | None) -> datetime | None:
+    return datetime.fromtimestamp(timestamp, UTC) if timestamp else None

@@ -1,0 +1,108 @@
+"""Every state change of a sandbox, written once, one module per capability.
+
+The API, the pages, the terminal's websocket, the preview relay and the SSH gateway, the admin,
+Celery tasks and management commands all call these functions, and none of them talks to a
+provider: only the services do. Failures reach them as one error type, :class:`SandboxError`.
+
+- :mod:`.errors`     ``SandboxError`` and the translation of provider failures into it
+- :mod:`.rows`       names and labels, one row per user, the audit log, mirroring a provider's answer
+- :mod:`.locks`      the row lock of one action, row locks in bulk, exclusive runs
+- :mod:`.launch`     create, resume or reuse the user's sandbox; the launcher's status poll
+- :mod:`.access`     access (SSH token, links): minted, kept sealed, reused, expired early
+- :mod:`.activity`   what keeps a sandbox from the idle stop; the provider's idle timer
+- :mod:`.lifecycle`  stop (one, many, the idle policy), start, delete, sync
+- :mod:`.reconcile`  make the rows true to what really runs
+- :mod:`.terminals`  PTY sessions for the web terminal and the SSH gateway
+- :mod:`.gateways`   the portal's own preview relay and SSH gateway, where a provider has none
+- :mod:`.configuration`  what keeps the configured provider from working, for system checks
+"""
+
+from sandboxes.providers.base import ErrorKind
+
+from .access import links_to_expire, stored_access
+from .activity import sandbox_record_activity, sandbox_refresh_activity
+from .configuration import PROVIDER_NAMES, provider_problems
+from .errors import SandboxError
+from .gateways import (
+    SshRefusal,
+    SshTarget,
+    SshTokenCheck,
+    preview_connect,
+    preview_link_nonce,
+    preview_sandbox,
+    ssh_gateway_needed,
+    ssh_record_activity,
+    ssh_terminal_open,
+    ssh_token_check,
+)
+from .launch import Launch, sandbox_launch, sandbox_status
+from .lifecycle import (
+    StopReport,
+    sandbox_delete,
+    sandbox_start,
+    sandbox_stop,
+    sandbox_sync,
+    sandboxes_for_stop,
+    sandboxes_stop_idle,
+    sandboxes_stop_many,
+    will_stop,
+)
+from .locks import exclusive_lock
+from .reconcile import Orphan, ReconcileReport, sandboxes_reconcile
+from .rows import (
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    LABEL_OWNER,
+    managed_labels,
+    owner_labels,
+    remote_name_for,
+    sandbox_get_or_create_row,
+)
+from .terminals import Terminal, sandbox_remote_state, terminal_open
+
+__all__ = [
+    "LABEL_DEPLOYMENT",
+    "LABEL_MANAGED",
+    "LABEL_OWNER",
+    "PROVIDER_NAMES",
+    "ErrorKind",
+    "Launch",
+    "Orphan",
+    "ReconcileReport",
+    "SandboxError",
+    "SshRefusal",
+    "SshTarget",
+    "SshTokenCheck",
+    "StopReport",
+    "Terminal",
+    "exclusive_lock",
+    "links_to_expire",
+    "managed_labels",
+    "owner_labels",
+    "preview_connect",
+    "preview_link_nonce",
+    "preview_sandbox",
+    "provider_problems",
+    "remote_name_for",
+    "sandbox_delete",
+    "sandbox_get_or_create_row",
+    "sandbox_launch",
+    "sandbox_record_activity",
+    "sandbox_refresh_activity",
+    "sandbox_remote_state",
+    "sandbox_start",
+    "sandbox_status",
+    "sandbox_stop",
+    "sandbox_sync",
+    "sandboxes_for_stop",
+    "sandboxes_reconcile",
+    "sandboxes_stop_idle",
+    "sandboxes_stop_many",
+    "ssh_gateway_needed",
+    "ssh_record_activity",
+    "ssh_terminal_open",
+    "ssh_token_check",
+    "stored_access",
+    "terminal_open",
+    "will_stop",
+]

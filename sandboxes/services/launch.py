@@ -1,0 +1,296 @@
+"""The launch: create, resume or reuse the user's sandbox and hand out access to it; and the
+launcher's status poll."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.core.cache import cache
+from django.db import transaction
+from django.utils import timezone
+
+from sandboxes.models import AuditEvent, Sandbox
+from sandboxes.providers.base import (
+    ErrorKind,
+    ProviderError,
+    RemoteSandbox,
+    RemoteState,
+    SandboxAccess,
+    SandboxProvider,
+    SandboxSpec,
+)
+
+from .access import access_for
+from .errors import SandboxError, provider_failures_as_sandbox_errors
+from .locks import locked_for_action
+from .rows import (
+    Actor,
+    apply_remote,
+    audit,
+    clear_failure,
+    is_owned_by,
+    owner_labels,
+    provider_for,
+    record_failure,
+    sandbox_get_or_create_row,
+)
+
+log = logging.getLogger(__name__)
+
+POLL_INTERVAL = 0.2
+STATUS_SYNC_INTERVAL = timedelta(seconds=1)
+
+
+@dataclass
+class Launch:
+    """The outcome of :func:`sandbox_launch`: access is None while the sandbox still starts."""
+
+    sandbox: Sandbox
+    access: SandboxAccess | None
+
+    @property
+    def ready(self) -> bool:
+        return self.access is not None
+
+
+@provider_failures_as_sandbox_errors
+def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
+    """Create, resume or reuse the user's sandbox and return access to it.
+
+    Concurrency: the user's row is locked for the whole flow, so simultaneous launches by one
+    user queue behind each other and make exactly one remote sandbox; the later ones find it
+    started and reuse the access already minted.
+
+    Returns a ``Launch`` without access when the sandbox is still creating or starting after
+    ``SANDBOX_LAUNCH_WAIT_SECONDS``: the backend carries on, and a later call completes the
+    launch. Raises ``SandboxError`` for what the portal refuses and for provider failures
+    (already retried by the provider where that was safe); either is also recorded on the row
+    as its last error.
+    """
+    _check_launch_rate(user)
+    row = sandbox_get_or_create_row(user=user)
+    try:
+        with locked_for_action(row) as sandbox:
+            return _launch_locked(sandbox, provider_for(sandbox), user, now or timezone.now())
+    except (ProviderError, SandboxError) as exc:
+        log.warning("launch of %s failed: %s", row.remote_name, exc)
+        raise
+
+
+def _launch_locked(sandbox: Sandbox, provider: SandboxProvider, user, now: datetime) -> Launch:
+    """The launch under the row lock; the caller saves the row."""
+    deadline = time.monotonic() + settings.SANDBOX_LAUNCH_WAIT_SECONDS
+    remote, acted = _ensure_started(sandbox, provider, user, deadline)
+    apply_remote(sandbox, remote, now)
+    if remote.state is not RemoteState.STARTED:
+        return Launch(sandbox=sandbox, access=None)
+    access = access_for(sandbox, provider, user, fresh=acted, now=now)
+    sandbox.last_activity_at = now
+    clear_failure(sandbox)
+    audit(sandbox, AuditEvent.Action.LAUNCH, actor_type=Actor.USER, actor=user)
+    return Launch(sandbox=sandbox, access=access)
+
+
+def _seconds_left(deadline: float) -> float:
+    return max(0.0, deadline - time.monotonic())
+
+
+def _ensure_started(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) -> tuple[RemoteSandbox, bool]:
+    """Drive the remote sandbox towards ``started`` until the deadline.
+
+    Returns the remote sandbox as last seen and whether this call created, started or
+    recovered it (access minted before that is not reused).
+    """
+    remote = _current_remote(sandbox, provider, user)
+    acted = False
+    if remote is None:
+        remote = _create(sandbox, provider, user, deadline)
+        acted = True
+    for _ in range(6):  # each step moves the state on; six covers stopping -> stopped -> start
+        state = remote.state
+        if state is RemoteState.STARTED:
+            return remote, acted
+        if state in (RemoteState.STOPPED, RemoteState.ARCHIVED):
+            remote = _start(sandbox, provider, remote, user, deadline)
+            acted = True
+        elif state in (RemoteState.CREATING, RemoteState.STARTING, RemoteState.STOPPING):
+            remote = _wait_while(provider, remote, {state}, deadline)
+            if remote.state is state:
+                return remote, acted
+        elif state is RemoteState.ERROR:
+            remote = _recover_or_replace(sandbox, provider, remote, user, deadline)
+            acted = True
+        elif state is RemoteState.DESTROYING:
+            apply_remote(sandbox, None, timezone.now())
+            remote = _create(sandbox, provider, user, deadline)
+            acted = True
+        else:
+            raise ProviderError(
+                f"The sandbox is in a state the portal does not know ({remote.backend_state}).",
+                kind=ErrorKind.UNAVAILABLE,
+                retryable=True,
+            )
+        if _seconds_left(deadline) == 0 and remote.state is not RemoteState.STARTED:
+            return remote, acted
+    return remote, acted
+
+
+def _current_remote(sandbox: Sandbox, provider: SandboxProvider, user) -> RemoteSandbox | None:
+    """The remote sandbox behind the row: by id when known, else by name (adopted after the
+    owner check). None when there is none and one must be created."""
+    if sandbox.remote_id:
+        remote = provider.get(sandbox.remote_id)
+        if remote is not None and remote.state is not RemoteState.DESTROYING:
+            return remote
+        apply_remote(sandbox, None, timezone.now())
+    return find_own(sandbox, provider, user)
+
+
+def find_own(sandbox: Sandbox, provider: SandboxProvider, user) -> RemoteSandbox | None:
+    """The remote sandbox under the row's name, adopted (its id kept on the row) after the
+    owner check; None when there is none. Raises ``SandboxError("name_taken")`` when the name
+    is held by a sandbox with other owner labels."""
+    remote = provider.find(sandbox.remote_name)
+    if remote is None or remote.state is RemoteState.DESTROYING:
+        return None
+    if not is_owned_by(remote, user):
+        log.error("sandbox name %s is taken by a sandbox with other owner labels", sandbox.remote_name)
+        raise SandboxError(
+            "name_taken",
+            "A sandbox that does not belong to you already uses your sandbox's name. "
+            "An operator has to resolve this; nothing was handed out.",
+        )
+    sandbox.remote_id = remote.id
+    audit(sandbox, AuditEvent.Action.ADOPT, actor_type=Actor.SYSTEM, remote_id=remote.id)
+    return remote
+
+
+def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
+    sandbox.labels = owner_labels(user)
+    return SandboxSpec(
+        name=sandbox.remote_name,
+        labels=sandbox.labels,
+        cpu=sandbox.cpu,
+        memory_gb=sandbox.memory_gb,
+        disk_gb=sandbox.disk_gb,
+        image=settings.SANDBOX_IMAGE,
+        snapshot=settings.SANDBOX_SNAPSHOT,
+        auto_stop_minutes=settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES,
+    )
+
+
+def _create(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) -> RemoteSandbox:
+    """Create under the row's name. A name conflict or an unknown outcome is resolved by
+    looking the name up again (adopting after the owner check), never by creating again."""
+    try:
+        remote = provider.create(_spec_for(sandbox, user), wait_seconds=_seconds_left(deadline))
+    except ProviderError as exc:
+        if exc.kind not in (ErrorKind.CONFLICT, ErrorKind.TIMEOUT):
+            raise
+        remote = find_own(sandbox, provider, user)
+        if remote is None:
+            raise ProviderError(
+                "The sandbox service did not confirm the new sandbox. Please try again.",
+                kind=ErrorKind.UNAVAILABLE,
+                retryable=True,
+                retry_after=exc.retry_after or 2,
+            ) from exc
+        return remote
+    sandbox.remote_id = remote.id
+    audit(sandbox, AuditEvent.Action.CREATE, actor_type=Actor.USER, actor=user, remote_id=remote.id)
+    return remote
+
+
+def _start(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
+    try:
+        started = provider.start(remote.id, wait_seconds=_seconds_left(deadline))
+    except ProviderError as exc:
+        if exc.kind is not ErrorKind.CONFLICT:
+            raise
+        return provider.get(remote.id) or remote  # someone else is changing it: wait on that
+    audit(sandbox, AuditEvent.Action.START, actor_type=Actor.USER, actor=user)
+    return started
+
+
+def _recover_or_replace(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
+    if remote.recoverable:
+        recovered = provider.recover(remote.id, wait_seconds=_seconds_left(deadline))
+        audit(sandbox, AuditEvent.Action.RECOVER, actor_type=Actor.USER, actor=user, error=remote.error_reason)
+        return recovered
+    provider.delete(remote.id)
+    audit(
+        sandbox,
+        AuditEvent.Action.DELETE,
+        actor_type=Actor.SYSTEM,
+        reason="unrecoverable error, replaced",
+        error=remote.error_reason,
+    )
+    apply_remote(sandbox, None, timezone.now())
+    return _create(sandbox, provider, user, deadline)
+
+
+def _wait_while(provider, remote: RemoteSandbox, states: set[RemoteState], deadline: float) -> RemoteSandbox:
+    """Poll until the sandbox leaves ``states`` or the deadline passes."""
+    while remote.state in states and _seconds_left(deadline) > 0:
+        time.sleep(min(POLL_INTERVAL, _seconds_left(deadline)))
+        remote = provider.get(remote.id) or RemoteSandbox(id=remote.id, name=remote.name, state=RemoteState.DESTROYING)
+    return remote
+
+
+# --- status -----------------------------------------------------------------------------------
+
+
+def sandbox_status(*, user, now: datetime | None = None) -> Sandbox | None:
+    """The user's sandbox as the launcher polls it. While it is mid-transition the row is
+    synced from the provider (at most once a second) unless a launch holds its lock; a
+    provider failure is recorded on the row, not raised."""
+    sandbox = Sandbox.objects.filter(user=user).first()
+    if sandbox is None or not (sandbox.is_transitioning and sandbox.remote_id):
+        return sandbox
+    now = now or timezone.now()
+    if sandbox.last_synced_at and now - sandbox.last_synced_at < STATUS_SYNC_INTERVAL:
+        return sandbox
+    with transaction.atomic():
+        locked = Sandbox.objects.select_for_update(skip_locked=True).filter(pk=sandbox.pk).first()
+        if locked is None:
+            return sandbox  # a launch is working on it and will record the outcome
+        try:
+            remote = provider_for(locked).get(locked.remote_id)
+        except ProviderError as exc:
+            record_failure(locked, exc)
+        else:
+            apply_remote(locked, remote, now)
+        locked.save()
+    return locked
+
+
+# --- rate limiting ----------------------------------------------------------------------------
+
+
+def _parse_rate(rate: str) -> tuple[int, int]:
+    count, _, period = rate.partition("/")
+    seconds = {"s": 1, "m": 60, "h": 3600}[period.strip()[:1] or "m"]
+    return int(count), seconds
+
+
+def _check_launch_rate(user) -> None:
+    """A fixed window per user, so a stuck key or script cannot hammer the provider."""
+    limit, period = _parse_rate(settings.SANDBOX_LAUNCH_RATE)
+    window = int(time.time() // period)
+    key = f"sandbox-launch-rate:{user.pk}:{window}"
+    try:
+        count = cache.incr(key)
+    except ValueError:  # the window's first launch
+        count = 1 if cache.add(key, 1, timeout=period + 1) else cache.incr(key)
+    if count > limit:
+        retry_after = period - (time.time() % period)
+        raise SandboxError(
+            "rate_limited",
+            "Too many launches in a short time. Please wait a moment.",
+            status=429,
+            retry_after=retry_after,
+        )

@@ -1,0 +1,199 @@
+"""SSH tokens, preview URLs (standard and signed), and the preview proxy's checks of them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from .clock import iso
+from .core import StoreCore
+from .records import ApiError, PreviewAccess, _Sandbox, _SignedPreview, _SshToken, random_token
+
+DEFAULT_SSH_MINUTES = 60
+DEFAULT_SIGNED_SECONDS = 60
+MAX_SIGNED_SECONDS = 86400
+
+
+class TokensMixin(StoreCore):
+    """SSH access and preview links of :class:`~tests.fake_daytona.store.SandboxStore`."""
+
+    def live_ssh_tokens(self, sandbox_id: str | None = None) -> list[str]:
+        with self._lock:
+            now = self.clock.time()
+            return [
+                t.token
+                for t in self._ssh.values()
+                if t.expires > now and (sandbox_id is None or t.sandbox_id == sandbox_id)
+            ]
+
+    def ssh_token_counts(self) -> dict[str, int]:
+        """Live SSH tokens per sandbox id."""
+        with self._lock:
+            now = self.clock.time()
+            counts: dict[str, int] = {}
+            for access in self._ssh.values():
+                if access.expires > now:
+                    counts[access.sandbox_id] = counts.get(access.sandbox_id, 0) + 1
+            return counts
+
+    def live_signed_previews(self) -> int:
+        with self._lock:
+            now = self.clock.time()
+            return sum(1 for s in self._signed.values() if not s.revoked and s.expires > now)
+
+    def create_ssh(self, id_or_name: str, minutes_raw: str | None) -> dict[str, Any]:
+        with self._lock:
+            sb = self._require(id_or_name)
+            minutes = _positive_int(minutes_raw, DEFAULT_SSH_MINUTES, "expiresInMinutes")
+            self._revoke_ssh(sb.id, None)
+            now = self.clock.time()
+            access = _SshToken(
+                id=str(uuid.uuid4()),
+                token=random_token(32),
+                sandbox_id=sb.id,
+                created=now,
+                expires=now + minutes * 60,
+            )
+            self._ssh[access.token] = access
+            return self._ssh_dto(access)
+
+    def revoke_ssh(self, id_or_name: str, token: str | None) -> dict[str, Any]:
+        with self._lock:
+            sb = self._require(id_or_name)
+            self._revoke_ssh(sb.id, token)
+            return self._render(sb)
+
+    def validate_ssh(self, token: str | None) -> dict[str, Any]:
+        with self._lock:
+            access = self._ssh.get(token or "")
+            if access is None or access.expires <= self.clock.time():
+                return {"valid": False, "sandboxId": None}
+            return {"valid": True, "sandboxId": access.sandbox_id}
+
+    def preview_url(self, id_or_name: str, port_raw: str) -> dict[str, Any]:
+        with self._lock:
+            sb = self._require(id_or_name)
+            port = _port(port_raw)
+            return {
+                "sandboxId": sb.id,
+                "url": f"{self.base_url}/proxy/{port}-{sb.id}/",
+                "token": sb.preview_token,
+            }
+
+    def signed_preview_url(self, id_or_name: str, port_raw: str, seconds_raw: str | None) -> dict[str, Any]:
+        with self._lock:
+            sb = self._require(id_or_name)
+            port = _port(port_raw)
+            seconds = _signed_lifetime(seconds_raw)
+            signed = _SignedPreview(
+                token=random_token(16),
+                sandbox_id=sb.id,
+                port=port,
+                expires=self.clock.time() + seconds,
+            )
+            self._signed[signed.token] = signed
+            return {
+                "sandboxId": sb.id,
+                "port": port,
+                "token": signed.token,
+                "url": f"{self.base_url}/preview/{signed.token}/",
+            }
+
+    def expire_signed_preview(self, id_or_name: str, port_raw: str, token: str) -> None:
+        with self._lock:
+            sb = self._require(id_or_name)
+            port = _port(port_raw)
+            signed = self._signed.get(token)
+            if signed is None or signed.sandbox_id != sb.id or signed.port != port:
+                raise ApiError(404, "Signed preview URL not found")
+            signed.revoked = True
+
+    def toolbox_proxy_url(self, id_or_name: str) -> dict[str, Any]:
+        with self._lock:
+            self._require(id_or_name)
+            return {"url": self.toolbox_url}
+
+    def _ssh_dto(self, access: _SshToken) -> dict[str, Any]:
+        port_part = "" if self.ssh_port == 22 else f"-p {self.ssh_port} "
+        return {
+            "id": access.id,
+            "sandboxId": access.sandbox_id,
+            "token": access.token,
+            "expiresAt": iso(access.expires),
+            "createdAt": iso(access.created),
+            "updatedAt": iso(access.created),
+            "sshCommand": f"ssh {port_part}{access.token}@{self.ssh_host}",
+        }
+
+    # ----- preview proxy ----------------------------------------------------------------
+
+    def open_signed_preview(self, token: str) -> PreviewAccess:
+        with self._lock:
+            signed = self._signed.get(token)
+            if signed is None:
+                return PreviewAccess(403, "Invalid preview token")
+            if signed.revoked or signed.expires <= self.clock.time():
+                return PreviewAccess(410, "This preview link has expired")
+            sb = self._find_by_id(signed.sandbox_id)
+            if sb is None:
+                return PreviewAccess(410, "This sandbox no longer exists")
+            if sb.state != "started":
+                return PreviewAccess(409, f"Sandbox is not running (state: {sb.state})")
+            self._preview_visited(sb)
+            return PreviewAccess(200, "ok", sandbox_name=sb.data["name"], port=signed.port)
+
+    def open_standard_preview(self, sandbox_id: str, port: int, token: str | None) -> PreviewAccess:
+        with self._lock:
+            sb = self._find_by_id(sandbox_id)
+            if sb is None:
+                return PreviewAccess(404, "Sandbox not found")
+            if not token or token != sb.preview_token:
+                return PreviewAccess(401, "Missing or invalid preview token")
+            if sb.state != "started":
+                return PreviewAccess(409, f"Sandbox is not running (state: {sb.state})")
+            self._preview_visited(sb)
+            return PreviewAccess(200, "ok", sandbox_name=sb.data["name"], port=port)
+
+    def preview_token_of(self, sandbox_id: str) -> str | None:
+        with self._lock:
+            sb = self._find_by_id(sandbox_id)
+            return sb.preview_token if sb else None
+
+    def _preview_visited(self, sb: _Sandbox) -> None:
+        if self.preview_counts_as_activity:
+            sb.last_activity = self.clock.time()
+
+
+def _port(raw: str) -> int:
+    try:
+        port = int(raw)
+    except ValueError:
+        raise ApiError(400, "Invalid port") from None
+    if not 1 <= port <= 65535:
+        raise ApiError(400, "Invalid port")
+    return port
+
+
+def _positive_int(raw: str | None, default: int, name: str) -> int:
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ApiError(400, f"{name} must be an integer") from None
+    if value < 1:
+        raise ApiError(400, f"{name} must be a positive integer")
+    return value
+
+
+def _signed_lifetime(raw: str | None) -> int:
+    message = f"expiresInSeconds must be between 1 and {MAX_SIGNED_SECONDS}"
+    if raw is None or raw == "":
+        return DEFAULT_SIGNED_SECONDS
+    try:
+        seconds = int(raw)
+    except ValueError:
+        raise ApiError(400, message) from None
+    if not 1 <= seconds <= MAX_SIGNED_SECONDS:
+        raise ApiError(400, message)
+    return seconds
