@@ -4,6 +4,9 @@ Daytona provider imports the SDK, and no module of the project imports itself in
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -137,3 +140,16 @@ def test_no_import_circle():
     for name in sorted(graph):
         visit(name)
     assert circles == []
+
+
+def test_the_ssh_gateway_does_not_load_the_daytona_sdk_without_a_key():
+    script = (
+        "import sys, django; django.setup(); from sandboxes import services; "
+        "check = services.ssh_token_check('x' * 32); "
+        "assert check.target is None, check; "
+        "assert 'daytona' not in sys.modules, 'the Daytona SDK was imported'"
+    )
+    env = {**os.environ, "DJANGO_SETTINGS_MODULE": "joepro.settings", "SANDBOX_PROVIDER": "local"}
+    env.pop("DAYTONA_API_KEY", None)
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, timeout=60)
+    assert result.returncode == 0, result.stderr.decode()[-2000:]

@@ -13,6 +13,7 @@ __all__ = [
     "ProviderError",
     "SandboxProvider",
     "build_provider",
+    "configured_names",
     "get_provider",
     "names_supporting",
     "provider_supports",
@@ -65,9 +66,15 @@ def provider_supports(name: str, capability: Capability) -> bool:
     return name in PROVIDER_NAMES and capability in provider_class(name).capabilities
 
 
+def configured_names() -> list[str]:
+    """The providers this deployment can use: Daytona once it has an API key, local always."""
+    return [name for name in PROVIDER_NAMES if name != "daytona" or settings.DAYTONA_API_KEY]
+
+
 def names_supporting(capability: Capability) -> list[str]:
-    """The providers that have ``capability``."""
-    return [name for name in PROVIDER_NAMES if provider_supports(name, capability)]
+    """The providers this deployment can use that have ``capability``. Only their classes are
+    loaded (the Daytona SDK weighs some 50 MB in a process that never needs it)."""
+    return [name for name in configured_names() if provider_supports(name, capability)]
 
 
 def reset_providers() -> None:
