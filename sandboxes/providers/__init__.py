@@ -40,15 +40,6 @@ def provider_class(name: str) -> type[SandboxProvider]:
 
 def build_provider(name: str) -> SandboxProvider:
     """A new provider called ``name`` from the current settings, not kept (see :func:`get_provider`)."""
-    if name == "daytona":
-        return provider_class(name)(
-            api_key=settings.DAYTONA_API_KEY,
-            api_url=settings.DAYTONA_API_URL,
-            target=settings.DAYTONA_TARGET,
-            image=settings.SANDBOX_IMAGE,
-            snapshot=settings.SANDBOX_SNAPSHOT,
-            http_timeout=settings.DAYTONA_HTTP_TIMEOUT,
-        )
     return provider_class(name).from_settings()
 
 

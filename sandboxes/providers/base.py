@@ -219,6 +219,11 @@ class SandboxProvider:
     name: str = ""
     capabilities: frozenset[Capability] = frozenset()
 
+    @classmethod
+    def from_settings(cls) -> SandboxProvider:
+        """A provider configured from Django's settings as they are now."""
+        raise NotImplementedError
+
     def supports(self, capability: Capability) -> bool:
         return capability in self.capabilities
 

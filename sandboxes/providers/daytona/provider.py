@@ -109,6 +109,19 @@ class DaytonaProvider(SandboxProvider):
 
     # -- lookups ------------------------------------------------------------------------
 
+    @classmethod
+    def from_settings(cls) -> DaytonaProvider:
+        from django.conf import settings
+
+        return cls(
+            api_key=settings.DAYTONA_API_KEY,
+            api_url=settings.DAYTONA_API_URL,
+            target=settings.DAYTONA_TARGET,
+            image=settings.SANDBOX_IMAGE,
+            snapshot=settings.SANDBOX_SNAPSHOT,
+            http_timeout=settings.DAYTONA_HTTP_TIMEOUT,
+        )
+
     def find(self, name: str) -> RemoteSandbox | None:
         sandbox = self._read(name)
         # The API matches ids before names; a hit by id is not a sandbox of that name.
