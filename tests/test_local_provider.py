@@ -239,8 +239,9 @@ def test_terminal_needs_a_started_sandbox(provider):
     assert caught.value.kind is ErrorKind.REJECTED
 
 
-def test_terminal_is_fast(provider, sandbox):
-    """Keystroke echo well under 10 ms; bulk output well over 20 MB/s."""
+def test_terminal_echoes_each_keystroke_and_carries_bulk_output_whole(provider, sandbox):
+    """Keystrokes come back one by one and 20 MB of output arrive complete. How fast is
+    measured by bin/bench (terminal echo and cat), not asserted here."""
     terminal = provider.open_terminal(sandbox.id, session_id="term-speed", cols=120, rows=40)
     terminal.write(b"stty -echo; echo ready-$((2+2))\n")
     read_until(terminal, b"ready-4")
@@ -249,14 +250,9 @@ def test_terminal_is_fast(provider, sandbox):
     time.sleep(0.2)
     terminal.write(b"warm")
     read_until(terminal, b"warm")
-    rounds = []
-    for char in b"abcdefghijklmnopqrstuvwxyz" * 2:
-        started = time.perf_counter()
+    for char in b"abcdefghijklmnopqrstuvwxyz":
         terminal.write(bytes([char]))
         read_until(terminal, bytes([char]))
-        rounds.append(time.perf_counter() - started)
-    rounds.sort()
-    assert rounds[len(rounds) // 2] < 0.005, rounds
 
     terminal.write(b"\x03")  # ends cat; the line discipline flushes whatever was typed ahead
     time.sleep(0.3)
@@ -265,7 +261,7 @@ def test_terminal_is_fast(provider, sandbox):
     terminal.write(b"cat /tmp/big; echo END-$((3+3))\n")
     watchdog = threading.Timer(30, terminal.detach)
     watchdog.start()
-    started, total, tail = time.perf_counter(), 0, b""
+    total, tail = 0, b""
     while True:
         data = terminal.read()
         assert data, tail
@@ -274,8 +270,7 @@ def test_terminal_is_fast(provider, sandbox):
             break
         tail = data[-8:]
     watchdog.cancel()
-    rate = total / (time.perf_counter() - started)
-    assert total > 20_000_000 and rate > 20e6, rate
+    assert total > 20_000_000
     terminal.kill()
 
 

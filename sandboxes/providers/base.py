@@ -40,8 +40,8 @@ class RemoteState(enum.StrEnum):
     STOPPED = "stopped"
     ARCHIVED = "archived"  # stopped with files moved to cold storage; start restores it
     ERROR = "error"
-    DESTROYING = "destroying"
-    UNKNOWN = "unknown"  # a state the provider does not recognise
+    DESTROYING = "destroying"  # being destroyed, or asked to be (whatever state it shows meanwhile)
+    UNKNOWN = "unknown"  # the provider does not know, or says a word the portal does not: waited out
 
     @property
     def is_transition(self) -> bool:
@@ -112,6 +112,14 @@ class Capability(enum.StrEnum):
     PREVIEW_RELAY = "preview_relay"
     # The portal's own SSH gateway serves the sandboxes: resolve_ssh_token() and ssh_token_sandbox().
     SSH_GATEWAY = "ssh_gateway"
+    # open_process(): a program on pipes rather than a PTY, binary-safe (the SSH gateway's
+    # commands without a terminal, sftp, scp).
+    PROCESS = "process"
+    # The backend has doors of its own that the portal never sees (Daytona's SSH gateway and
+    # preview proxy), so RemoteSandbox.last_activity_at can show use the portal did not record.
+    # Without it, everything that reaches a sandbox goes through the portal, which records the
+    # use it counts, and the backend's timestamp is no evidence of anything more.
+    OUTSIDE_ACTIVITY = "outside_activity"
 
 
 @dataclass(frozen=True)
@@ -141,6 +149,11 @@ class RemoteSandbox:
     disk_gb: int | None = None
     error_reason: str = ""
     recoverable: bool = False
+    # ERROR because the sandbox's image failed to build (error_reason says why): a new sandbox
+    # from the same image most likely fails the same way.
+    build_failed: bool = False
+    # When the backend last saw the sandbox used (moved by the backend's own doors, lifecycle
+    # changes and refresh_activity); see Capability.OUTSIDE_ACTIVITY for when it means a person.
     last_activity_at: datetime | None = None
     created_at: datetime | None = None
 
@@ -206,6 +219,54 @@ class TerminalSession:
     @property
     def exit_code(self) -> int | None:
         """The shell's exit status once it has ended, else None."""
+        raise NotImplementedError
+
+
+class ProcessSession:
+    """A program running in a sandbox on pipes (:meth:`SandboxProvider.open_process`): its
+    stdin, stdout and stderr as byte streams, binary-safe.
+
+    Blocking and thread-safe in the usual way: one thread reads while others write. Input has
+    flow control: :meth:`write` waits while the program does not read, and :meth:`kill` and
+    :meth:`close` still work from another thread meanwhile. Unlike a terminal session it belongs
+    to this object: :meth:`close` kills the program. The session ends once the program has
+    exited and its stdout and stderr are closed (a background child that keeps them open keeps
+    the session going, as over OpenSSH), or when the sandbox stops.
+    """
+
+    STDOUT = 1
+    STDERR = 2
+
+    def read(self) -> tuple[int, bytes]:
+        """The next output: ``(STDOUT, data)`` or ``(STDERR, data)``, waiting for it (each call
+        returns bytes of one stream, in the order the program wrote them); ``(0, b"")`` once
+        the program has ended and all its output was read (:attr:`exit_code` is then set), the
+        session was closed, or the sandbox stopped."""
+        raise NotImplementedError
+
+    def write(self, data: bytes) -> None:
+        """Send bytes to the program's stdin. Dropped once the program has ended or closed its
+        stdin."""
+        raise NotImplementedError
+
+    def close_input(self) -> None:
+        """End the program's stdin: it reads end of file after what was written before.
+        Idempotent."""
+        raise NotImplementedError
+
+    def kill(self) -> None:
+        """End the program and its background children (SIGKILL to its process group); its last
+        output and exit status (137) still come through :meth:`read`. Idempotent."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Kill the program if it still runs and drop the connection. Idempotent."""
+        raise NotImplementedError
+
+    @property
+    def exit_code(self) -> int | None:
+        """The program's exit status once it has ended (128 + N when killed by signal N); None
+        while it runs, and when the session was cut off (the sandbox stopped)."""
         raise NotImplementedError
 
 
@@ -282,12 +343,14 @@ class SandboxProvider:
         raise NotImplementedError
 
     def delete(self, remote_id: str) -> None:
-        """Destroy a sandbox and its files. Returns once accepted. Idempotent: a sandbox
-        that is already gone is not an error."""
+        """Destroy a sandbox and its files. Returns once accepted. Idempotent: a sandbox that
+        is already gone or being destroyed is not an error, so a repeated or retried delete
+        succeeds."""
         raise NotImplementedError
 
     def list_managed(self, labels: Mapping[str, str]) -> Iterator[RemoteSandbox]:
-        """Every sandbox whose labels contain ``labels``, page by page (lazy).
+        """Every sandbox whose labels contain ``labels``, page by page (lazy), in an order that
+        does not change while it is read (oldest first), so no sandbox is skipped or repeated.
 
         Eventually consistent: an item may be missing or stale for a moment. Confirm with
         :meth:`get` before acting on what it says.
@@ -309,19 +372,37 @@ class SandboxProvider:
         """Tell the backend the sandbox is in use, resetting its own idle timer."""
         raise NotImplementedError
 
+    def set_auto_stop(self, remote_id: str, minutes: int) -> None:
+        """Set the backend's own idle stop of an existing sandbox to ``minutes`` without use
+        (0: never), as :attr:`SandboxSpec.auto_stop_minutes` does at creation: a backstop to the
+        portal's idle policy, set again on every sandbox the portal adopts. Idempotent;
+        ``kind=NOT_FOUND`` when the sandbox is gone. Where the backend applies it only from the
+        next start, the provider says so in its docstring."""
+        raise NotImplementedError
+
     def open_terminal(
         self, remote_id: str, *, session_id: str, cols: int, rows: int, command: list[str] | None = None
     ) -> TerminalSession:
         """Attach to the PTY session ``session_id`` of a started sandbox, creating it (a login
         shell in the sandbox's home directory, ``TERM=xterm-256color``) when it does not exist.
 
-        ``session_id`` is chosen by the caller (letters, digits, ``-``; at most 64). Raises
+        ``session_id`` names the session (letters, digits, ``-``; at most 64). Raises
         ``ProviderError(kind=INVALID_STATE)`` when the sandbox is not started and
         ``kind=NOT_FOUND`` when it is gone. Never starts a sandbox by itself.
 
         ``command`` (only with :attr:`Capability.TERMINAL_COMMAND`, else ``kind=REJECTED``): the
         program a newly created session runs instead of the login shell.
+
+        The portal mints ``session_id`` and keeps a registry of the sessions it opened; the
+        portal's own traffic to the session never counts as use with the backend (Daytona:
+        ``X-Daytona-Skip-Last-Activity-Update``).
         """
+        raise NotImplementedError
+
+    def end_terminal(self, remote_id: str, session_id: str) -> None:
+        """End the PTY session ``session_id`` (its program is killed, its attachments see the
+        end). Idempotent: a session that does not exist or has ended, a sandbox that is not
+        running or is gone, are not errors. Never counts as use of the sandbox."""
         raise NotImplementedError
 
     # -- optional: Capability.PREVIEW_RELAY ---------------------------------------------------
@@ -337,6 +418,17 @@ class SandboxProvider:
         nothing listens there, ``kind=INVALID_STATE`` when the sandbox is not running and
         ``kind=NOT_FOUND`` when it is gone."""
         raise self._lacks(Capability.PREVIEW_RELAY)
+
+    # -- optional: Capability.PROCESS ---------------------------------------------------------
+
+    def open_process(self, remote_id: str, argv: list[str]) -> ProcessSession:
+        """Run ``argv`` in the running sandbox, as its user, in its home directory, with pipes
+        for stdin, stdout and stderr (no terminal, no ``TERM``), in a process group of its own.
+        Returns once the program runs; a program that cannot be executed ends at once with
+        status 127 and the reason on its stderr. Raises ``kind=INVALID_STATE`` when the sandbox
+        is not running, ``kind=NOT_FOUND`` when it is gone and ``kind=REJECTED`` for an empty
+        ``argv``. The program is killed when the session is closed."""
+        raise self._lacks(Capability.PROCESS)
 
     # -- optional: Capability.SSH_GATEWAY -----------------------------------------------------
 

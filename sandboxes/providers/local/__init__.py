@@ -38,14 +38,14 @@ Modules, each importing only those listed before it:
 ``agent``         the agent and its launcher: one standard-library-only file, run inside sandboxes
 ``preflight``     whether sandboxes can run here (:func:`local_problems`, bwrap probes)
 ``isolation``     bwrap's arguments, cgroups, rlimits, processes by pid and start time
-``agent_client``  requests to an agent over its socket; terminals, relays, commands
+``agent_client``  requests to an agent over its socket; terminals, programs on pipes, relays, commands
 ``store``         records, the name and token indexes, locks, workspaces
 ``lifecycle``     start and stop: the record's states and the processes behind them
 ``provider``      :class:`LocalProvider`, the portal's contract
 """
 
 from ..base import PortClosed
-from .agent_client import AgentError, CommandResult, LocalTerminal
+from .agent_client import AgentError, CommandResult, LocalProcess, LocalTerminal
 from .isolation import (
     GIB,
     Cgroups,
@@ -66,6 +66,7 @@ __all__ = [
     "AgentError",
     "Cgroups",
     "CommandResult",
+    "LocalProcess",
     "LocalProvider",
     "LocalTerminal",
     "PortClosed",

@@ -10,8 +10,8 @@ imports nothing from its package; the package imports it for the protocol's cons
     PID 1 of the sandbox's PID namespace. It accepts connections on a unix socket that the
     portal created and handed over as an open file descriptor (``--listen-fd``): the socket's
     path lies outside the sandbox, so nothing inside can replace or redirect it. It spawns PTY
-    sessions, relays TCP connections to ports inside the sandbox's own network namespace, runs
-    one-shot commands and reaps every orphan. When it exits, the kernel kills every other
+    sessions and programs on pipes, relays TCP connections to ports inside the sandbox's own
+    network namespace, runs one-shot commands and reaps every orphan. When it exits, the kernel kills every other
     process of the namespace: that is how a sandbox stops.
 
 ``launch CONFIG_JSON``
@@ -26,17 +26,20 @@ length, payload.
 
 ====  ======================================================================================
 J     a JSON object (UTF-8)
-d     terminal bytes: input from the client, output from the agent
+d     terminal or stdin bytes from the client; terminal or stdout bytes from the agent
+e     stderr bytes of a program on pipes, from the agent
+c     end of the program's input (its stdin is closed once what came before is written)
 r     resize: two big-endian uint16, columns then rows
-k     end the session (SIGHUP to its process group, SIGKILL a second later)
+k     end the session (SIGHUP to its process group, SIGKILL a second later; a program on
+      pipes gets SIGKILL at once)
 x     the session ended: big-endian int32 exit status (128 + N when killed by signal N)
 ====  ======================================================================================
 
 A connection opens with one ``J`` request ``{"op": ...}``; the agent answers with one ``J``
 reply, ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}``. Then:
 
-``status``     reply ``{"sessions": [ids], "last_activity": epoch, "disk_used": bytes|null}``;
-               closed.
+``status``     reply ``{"sessions": [ids], "processes": [ids], "last_activity": epoch,
+               "auto_stop": seconds, "disk_used": bytes|null}``; closed.
 ``touch``      counts as activity (resets the idle timer); closed.
 ``terminal``   ``{"session", "cols", "rows", "argv"?}``: attach to the PTY session, creating it
                (a login shell unless ``argv`` is given); reply ``{"created": bool}``. Then ``d``,
@@ -47,6 +50,17 @@ reply, ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}`
 ``relay``      ``{"port"}``: connect to ``127.0.0.1:port`` (then ``[::1]:port``) inside the
                sandbox; error ``refused`` when nothing listens. Then raw bytes both ways until
                both sides have closed; a half-close is passed on.
+``process``    ``{"argv"}``: run a program in the home directory in a new session, on pipes (no
+               terminal, no ``TERM``); reply ``{"process": id}`` once it runs. Then ``d``, ``c``
+               and ``k`` frames from the client; ``d`` (stdout) and ``e`` (stderr) frames and one
+               final ``x`` frame from the agent, sent once the program has exited and both its
+               outputs are closed (background children holding them keep the session open, as
+               over OpenSSH). Closing the connection kills the program's process group.
+``end``        ``{"session"}`` or ``{"process"}``: end that PTY session (as ``k`` does) or program
+               (SIGKILL to its process group); reply ``{"ended": bool}`` (false when there was
+               none); closed. Works while the session's own connection is not being read.
+``configure``  ``{"auto_stop"}``: seconds without activity before the agent stops the sandbox
+               (0: never), from now on; closed.
 ``exec``       ``{"argv", "timeout"}``: run a command in the home directory in a new session,
                stdin ``/dev/null``; reply once it exits: ``{"exit_code", "timed_out",
                "stdout", "stderr"}`` (base64, each capped at 8 MiB). Background children that
@@ -80,6 +94,7 @@ import traceback
 FRAME = struct.Struct("!cI")
 HEADER = FRAME.size
 JSON, DATA, RESIZE, KILL, EXIT = b"J", b"d", b"r", b"k", b"x"
+STDERR, CLOSE_INPUT = b"e", b"c"
 WINSIZE = struct.Struct("!HH")
 STATUS = struct.Struct("!i")
 
@@ -89,6 +104,7 @@ MAX_REQUEST = 1 << 16
 MAX_FRAME = 1 << 20
 EXEC_OUTPUT_CAP = 8 << 20
 MAX_SESSIONS = 64
+MAX_PROCESSES = 64
 KILL_GRACE = 1.0
 EXEC_DRAIN = 0.2  # after a command exits, how long its output pipes may stay open
 HOME = "/home/sandbox"
@@ -114,7 +130,7 @@ def exit_status(wait_status: int) -> int:
     return 128 - code if code < 0 else code
 
 
-def exec_child(argv: list[str], env: dict, prepare=None) -> None:
+def exec_child(argv: list[str], env: dict, prepare=None, newline: str = "\r\n") -> None:
     """In a freshly forked child: ``prepare()``, restore what Python changed, exec. Never
     returns, whatever fails: the child must not go on running the agent's loop."""
     try:
@@ -126,7 +142,7 @@ def exec_child(argv: list[str], env: dict, prepare=None) -> None:
         os.execvpe(argv[0], argv, env)
     except BaseException as exc:  # noqa: BLE001 - nothing may escape a forked child
         try:
-            os.write(2, f"{argv[0]}: {exc}\r\n".encode())
+            os.write(2, f"{argv[0]}: {exc}{newline}".encode())
         finally:
             os._exit(127)
 
@@ -138,14 +154,16 @@ class Channel:
     """A non-blocking descriptor in the loop. Reads go to ``owner.on_data`` / ``on_eof``;
     writes are queued and flushed when the descriptor is writable."""
 
-    def __init__(self, agent: Agent, fd: int, owner, *, sock: socket.socket | None = None, pty_master=False):
+    def __init__(
+        self, agent: Agent, fd: int, owner, *, sock: socket.socket | None = None, pty_master=False, reading=True
+    ):
         self.agent = agent
         self.fd = fd
         self.sock = sock
         self.owner = owner
         self.pty_master = pty_master
         self.out = bytearray()
-        self.reading = True
+        self.reading = reading
         self.eof = False
         self.closed = False
         self.close_pending = False
@@ -604,12 +622,158 @@ class ClientOfJob(Endpoint):
     on_error = on_eof
 
 
+class Process(Endpoint):
+    """A program on pipes (op ``process``), for the one connection that asked for it.
+
+    Its stdin takes the connection's ``d`` frames until a ``c`` frame closes it; its stdout and
+    stderr go back as ``d`` and ``e`` frames; the final ``x`` frame comes once it has exited and
+    both outputs are closed. Flow control both ways: a program that does not read its input
+    stops the connection being read, a connection that does not keep up stops the outputs being
+    read. Losing the connection kills the program's process group.
+    """
+
+    def __init__(self, agent: Agent, process_id: str, argv: list[str], client: Channel):
+        self.agent = agent
+        self.id = process_id
+        self.client = client
+        self.buffer = bytearray()
+        self.status: int | None = None
+        self.finished = False
+        self.killed = False
+        env = {key: value for key, value in agent.env.items() if key != "TERM"}  # no terminal
+        fds = [*os.pipe(), *os.pipe(), *os.pipe()]
+        in_r, in_w, out_r, out_w, err_r, err_w = fds
+        try:
+            pid = os.fork()
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise
+        if pid == 0:
+
+            def prepare() -> None:
+                os.setsid()
+                os.dup2(in_r, 0)
+                os.dup2(out_w, 1)
+                os.dup2(err_w, 2)
+
+            exec_child(argv, env, prepare, newline="\n")
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        self.pid = pid
+        self.stdin = Channel(agent, in_w, self, reading=False)
+        self.outputs = {Channel(agent, out_r, self): DATA, Channel(agent, err_r, self): STDERR}
+        agent.children[pid] = self
+        agent.processes[process_id] = self
+
+    def start(self, rest: bytes) -> None:
+        """Take over the client connection (its reply is written)."""
+        self.client.owner = self
+        if rest:
+            self.on_data(self.client, rest)
+
+    def on_data(self, channel: Channel, data: bytes) -> None:
+        if channel is self.client:
+            self.on_frames(data)
+            return
+        self.client.write(frame(self.outputs[channel], data))
+        if self.client.backlog > HIGH_WATER:
+            for output in self.outputs:
+                output.pause()
+
+    def on_frames(self, data: bytes) -> None:
+        self.buffer += data
+        view, offset = self.buffer, 0
+        while len(view) - offset >= HEADER:
+            kind, length = FRAME.unpack_from(view, offset)
+            if length > MAX_FRAME:
+                self.kill()
+                self.client.close()
+                return
+            end = offset + HEADER + length
+            if len(view) < end:
+                break
+            payload = bytes(view[offset + HEADER : end])
+            offset = end
+            if kind == DATA:
+                self.agent.touch()
+                self.stdin.write(payload)
+                if self.stdin.backlog > HIGH_WATER:
+                    self.client.pause()  # the program is not reading its input
+            elif kind == CLOSE_INPUT:
+                self.stdin.close_when_flushed()
+            elif kind == KILL:
+                self.kill()
+        if offset:
+            del self.buffer[:offset]
+
+    def on_eof(self, channel: Channel) -> None:
+        if channel is self.client:  # the client went away
+            self.kill()
+            channel.close()
+            return
+        channel.close()
+        self.maybe_finish()
+
+    def on_error(self, channel: Channel) -> None:
+        if channel is self.stdin:  # the program closed its stdin: the rest of the input is dropped
+            channel.close()
+            self.client.resume()
+            return
+        self.on_eof(channel)
+
+    def on_drained(self, channel: Channel) -> None:
+        if channel is self.stdin:
+            self.client.resume()
+        elif channel is self.client:
+            for output in self.outputs:
+                output.resume()
+
+    def kill(self) -> None:
+        """SIGKILL to the process group (background children too). Outputs still held open
+        by a process that left the group are closed a moment later."""
+        if self.finished:
+            return  # its pid may belong to someone else by now
+        try:
+            os.killpg(self.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        if not self.killed:
+            self.killed = True
+            self.agent.later(KILL_GRACE, lambda: self.maybe_finish(force=True))
+
+    def exited(self, wait_status: int) -> None:
+        self.status = exit_status(wait_status)
+        self.stdin.close()
+        self.client.resume()  # input is dropped from now on, but a lost client must be noticed
+        if self.killed:
+            self.agent.later(KILL_GRACE, lambda: self.maybe_finish(force=True))
+        self.maybe_finish()
+
+    def maybe_finish(self, force: bool = False) -> None:
+        if self.finished or self.status is None:
+            return
+        if not force and not all(channel.closed for channel in self.outputs):
+            return
+        self.finished = True
+        for channel in self.outputs:
+            if not channel.closed:
+                if channel.reading:
+                    channel.on_readable()  # what is already in the pipe
+                channel.close()
+        self.client.write(frame(EXIT, STATUS.pack(self.status)))
+        self.client.close_when_flushed()
+        self.agent.processes.pop(self.id, None)
+
+
 class Agent:
     def __init__(self, listener: socket.socket, *, auto_stop: float, disk_quota: int, disk_check: float):
         self.selector = selectors.DefaultSelector()
         self.registered: dict[int, int] = {}
         self.listener = listener
         self.sessions: dict[str, Session] = {}
+        self.processes: dict[str, Process] = {}
+        self.process_ids = itertools.count(1)
         self.children: dict[int, object] = {}
         self.timers: list = []
         self.sequence = itertools.count()
@@ -621,6 +785,7 @@ class Agent:
         self.last_quota_warning = 0.0
         self.stopping_until: float | None = None
         self.no_children = True
+        self.idle_check_due = False
 
         listener.setblocking(False)
         self.selector.register(listener, selectors.EVENT_READ, self.accept)
@@ -632,6 +797,7 @@ class Agent:
         self.wake_r = wake_r
         self.selector.register(wake_r, selectors.EVENT_READ, self.on_signal)
         if auto_stop > 0:
+            self.idle_check_due = True
             self.later(min(30.0, auto_stop / 4), self.check_idle)
         if disk_check > 0 and disk_quota > 0:
             self.disk_check = disk_check
@@ -758,6 +924,8 @@ class Agent:
             {
                 "ok": True,
                 "sessions": sorted(self.sessions),
+                "processes": sorted(self.processes),
+                "auto_stop": self.auto_stop,
                 "last_activity": self.last_activity,
                 "disk_used": self.disk_used,
             },
@@ -813,6 +981,34 @@ class Agent:
         channel.write(json_frame({"ok": True}))
         Relay(self, channel, upstream, rest)
 
+    def op_process(self, channel: Channel, request: dict, rest: bytes) -> None:
+        argv = request["argv"]
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
+            raise ValueError("argv must be a non-empty list of strings")
+        if len(self.processes) >= MAX_PROCESSES:
+            self.reply(channel, error_reply("too_many_processes", "This sandbox runs too many programs over SSH."))
+            return
+        process = Process(self, f"p{next(self.process_ids)}", argv, channel)
+        self.touch()
+        channel.write(json_frame({"ok": True, "process": process.id}))
+        process.start(rest)
+
+    def op_end(self, channel: Channel, request: dict, rest: bytes) -> None:
+        if "process" in request:
+            target = self.processes.get(str(request["process"]))
+        else:
+            target = self.sessions.get(str(request["session"]))
+        if target is not None:
+            target.kill()
+        self.reply(channel, {"ok": True, "ended": target is not None})
+
+    def op_configure(self, channel: Channel, request: dict, rest: bytes) -> None:
+        self.auto_stop = max(0.0, float(request["auto_stop"]))
+        if self.auto_stop > 0 and not self.idle_check_due:
+            self.idle_check_due = True
+            self.later(min(30.0, self.auto_stop / 4), self.check_idle)
+        self.reply(channel, {"ok": True})
+
     def op_exec(self, channel: Channel, request: dict, rest: bytes) -> None:
         argv = request["argv"]
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
@@ -848,6 +1044,9 @@ class Agent:
         self.reap()
 
     def check_idle(self) -> None:
+        if self.auto_stop <= 0:
+            self.idle_check_due = False
+            return
         idle = time.time() - self.last_activity
         if idle >= self.auto_stop:
             self.shutdown(2.0)

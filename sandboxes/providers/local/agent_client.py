@@ -1,7 +1,8 @@
 """Talking to a sandbox's agent over its unix socket (``<root>/<id>/run/agent.sock``).
 
 One request per connection, in the frames of :mod:`.agent`: a JSON request, a JSON reply, and
-for terminals and relays the connection then carries the session's frames or raw bytes. The
+for terminals, programs on pipes and relays the connection then carries the session's frames or
+raw bytes. The
 socket lies outside the sandbox, so nothing inside can replace or redirect it.
 """
 
@@ -14,7 +15,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..base import ErrorKind, PortClosed, ProviderError, TerminalSession
+from ..base import ErrorKind, PortClosed, ProcessSession, ProviderError, TerminalSession
 from . import agent as protocol
 
 AGENT_TIMEOUT = 5.0
@@ -61,7 +62,63 @@ def _recv_frame(sock: socket.socket, max_size: int) -> tuple[bytes, bytes]:
     return kind, _recv_exact(sock, length)
 
 
-class LocalTerminal(TerminalSession):
+class _AgentStream:
+    """What a terminal attachment and a program on pipes share: a connection to the agent that
+    carries frames both ways once the agent has replied.
+
+    ``_closed`` once this side closed it or the agent did (the sandbox stopped); ``_ended``
+    once the agent sent the exit frame; ``_input_closed`` once nothing more may be written.
+    """
+
+    def __init__(self, sock: socket.socket):
+        self._sock = sock
+        self._buffer = bytearray()
+        self._write_lock = threading.Lock()
+        self._exit_code: int | None = None
+        self._ended = False
+        self._closed = False
+        self._input_closed = False
+
+    def _receive(self) -> bool:
+        """More bytes from the agent into the buffer; False once the connection is closed."""
+        try:
+            chunk = self._sock.recv(RECV_SIZE)
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self._closed = True  # closed here, or the sandbox stopped
+            return False
+        self._buffer += chunk
+        return True
+
+    def _send(self, kind: bytes, payload: bytes = b"") -> None:
+        if self._ended or self._closed or self._input_closed:
+            return
+        with self._write_lock:
+            try:
+                self._sock.sendall(protocol.frame(kind, payload))
+            except OSError:
+                # The program is ending; reads still deliver its last output and exit status.
+                self._input_closed = True
+
+    def write(self, data: bytes) -> None:
+        for start in range(0, len(data), protocol.READ_SIZE):
+            self._send(protocol.DATA, bytes(data[start : start + protocol.READ_SIZE]))
+
+    def _close_connection(self) -> None:
+        self._closed = True
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._sock.close()
+
+    @property
+    def exit_code(self) -> int | None:
+        return self._exit_code
+
+
+class LocalTerminal(_AgentStream, TerminalSession):
     """An attachment to a PTY session of the agent, over its unix socket.
 
     Output arrives in frames of up to 64 KiB; :meth:`read` parses every complete frame it has
@@ -69,38 +126,24 @@ class LocalTerminal(TerminalSession):
     """
 
     def __init__(self, sock: socket.socket, session_id: str, *, created: bool):
+        super().__init__(sock)
         self.session_id = session_id
         self.created = created
-        self._sock = sock
-        self._buffer = bytearray()
-        self._write_lock = threading.Lock()
-        self._exit_code: int | None = None
-        self._ended = False
-        self._detached = False
-        self._input_closed = False
 
     def read(self) -> bytes:
         while True:
             data = self._take_frames()
             if data:
                 return data
-            if self._ended or self._detached:
+            if self._ended or self._closed or not self._receive():
                 return b""
-            try:
-                chunk = self._sock.recv(RECV_SIZE)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                self._detached = True  # detached here, or the sandbox stopped
-                return b""
-            self._buffer += chunk
 
     def _take_frames(self) -> bytes:
         buffer, offset, parts = self._buffer, 0, []
         while not self._ended and len(buffer) - offset >= protocol.HEADER:
             kind, length = protocol.FRAME.unpack_from(buffer, offset)
             if length > protocol.MAX_FRAME:
-                self._detached = True
+                self._closed = True
                 break
             end = offset + protocol.HEADER + length
             if end > len(buffer):
@@ -117,20 +160,6 @@ class LocalTerminal(TerminalSession):
             return data
         return b""
 
-    def _send(self, kind: bytes, payload: bytes = b"") -> None:
-        if self._ended or self._detached or self._input_closed:
-            return
-        with self._write_lock:
-            try:
-                self._sock.sendall(protocol.frame(kind, payload))
-            except OSError:
-                # The shell is ending; read() still delivers its last output and exit status.
-                self._input_closed = True
-
-    def write(self, data: bytes) -> None:
-        for start in range(0, len(data), protocol.READ_SIZE):
-            self._send(protocol.DATA, bytes(data[start : start + protocol.READ_SIZE]))
-
     def resize(self, cols: int, rows: int) -> None:
         self._send(protocol.RESIZE, protocol.WINSIZE.pack(max(1, min(cols, 1000)), max(1, min(rows, 1000))))
 
@@ -138,22 +167,78 @@ class LocalTerminal(TerminalSession):
         self._send(protocol.KILL)
 
     def detach(self) -> None:
-        if self._detached:
-            return
-        self._detached = True
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self._sock.close()
-
-    @property
-    def exit_code(self) -> int | None:
-        return self._exit_code
+        if not self._closed:
+            self._close_connection()
 
     @property
     def ended(self) -> bool:
         return self._ended
+
+
+class LocalProcess(_AgentStream, ProcessSession):
+    """A program on pipes run by the agent (op ``process``), over its unix socket.
+
+    :meth:`read` returns the bytes of every complete frame it has received that belong to the
+    same stream, joined. :meth:`kill` goes to the agent on a connection of its own, so it works
+    even while this one is not being read (a program that does not read its input).
+    """
+
+    def __init__(self, sock: socket.socket, socket_path: Path, process_id: str):
+        super().__init__(sock)
+        self.process_id = process_id
+        self._socket_path = socket_path
+        self._killed = False
+
+    def read(self) -> tuple[int, bytes]:
+        while True:
+            item = self._take_frames()
+            if item is not None:
+                return item
+            if self._ended or self._closed or not self._receive():
+                return 0, b""
+
+    def _take_frames(self) -> tuple[int, bytes] | None:
+        buffer, offset, stream, parts = self._buffer, 0, 0, []
+        while not self._ended and len(buffer) - offset >= protocol.HEADER:
+            kind, length = protocol.FRAME.unpack_from(buffer, offset)
+            if length > protocol.MAX_FRAME:
+                self._closed = True
+                break
+            end = offset + protocol.HEADER + length
+            if end > len(buffer):
+                break
+            if kind in (protocol.DATA, protocol.STDERR):
+                this = self.STDOUT if kind == protocol.DATA else self.STDERR
+                if stream and this != stream:
+                    break  # the other stream's bytes come with the next call
+                stream = this
+                parts.append(buffer[offset + protocol.HEADER : end])
+            elif kind == protocol.EXIT and length == protocol.STATUS.size:
+                self._exit_code = protocol.STATUS.unpack_from(buffer, offset + protocol.HEADER)[0]
+                self._ended = True
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return (stream, b"".join(parts)) if parts else None
+
+    def close_input(self) -> None:
+        self._send(protocol.CLOSE_INPUT)
+        self._input_closed = True
+
+    def kill(self) -> None:
+        if self._killed or self._ended:
+            return
+        self._killed = True
+        try:
+            request(self._socket_path, {"op": "end", "process": self.process_id}, timeout=AGENT_TIMEOUT)
+        except ProviderError:
+            pass  # the agent is gone, and the program with it
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.kill()
+        self._close_connection()
 
 
 # --- requests ---------------------------------------------------------------------------------
@@ -210,6 +295,24 @@ def attach_terminal(
     reply, sock = request(socket_path, message, timeout=AGENT_TIMEOUT, keep=True)
     sock.settimeout(None)
     return LocalTerminal(sock, session_id, created=bool(reply.get("created")))
+
+
+def open_process(socket_path: Path, argv: list[str]) -> LocalProcess:
+    """Have the agent run ``argv`` on pipes; returns once it runs."""
+    reply, sock = request(socket_path, {"op": "process", "argv": list(argv)}, timeout=AGENT_TIMEOUT, keep=True)
+    sock.settimeout(None)
+    return LocalProcess(sock, socket_path, str(reply.get("process", "")))
+
+
+def end_session(socket_path: Path, session_id: str) -> bool:
+    """Have the agent end the PTY session ``session_id``; whether there was one."""
+    reply, _ = request(socket_path, {"op": "end", "session": session_id}, timeout=AGENT_TIMEOUT)
+    return bool(reply.get("ended"))
+
+
+def configure(socket_path: Path, *, auto_stop_seconds: float) -> None:
+    """Tell the running agent its idle stop (0: never)."""
+    request(socket_path, {"op": "configure", "auto_stop": auto_stop_seconds}, timeout=AGENT_TIMEOUT)
 
 
 def open_relay(socket_path: Path, port: int) -> socket.socket:

@@ -29,7 +29,7 @@ from ..base import (
 )
 from . import agent as protocol
 from . import agent_client
-from .agent_client import STATUS_TIMEOUT, CommandResult, LocalTerminal
+from .agent_client import STATUS_TIMEOUT, CommandResult, LocalProcess, LocalTerminal
 from .isolation import Cgroups, namespace_members
 from .lifecycle import Lifecycle
 from .preflight import Problem, local_problems
@@ -66,7 +66,9 @@ class LocalProvider(SandboxProvider):
     share one root."""
 
     name = "local"
-    capabilities = frozenset({Capability.TERMINAL_COMMAND, Capability.PREVIEW_RELAY, Capability.SSH_GATEWAY})
+    capabilities = frozenset(
+        {Capability.TERMINAL_COMMAND, Capability.PREVIEW_RELAY, Capability.SSH_GATEWAY, Capability.PROCESS}
+    )
 
     def __init__(
         self,
@@ -144,9 +146,11 @@ class LocalProvider(SandboxProvider):
         return self._remote(record)
 
     def list_managed(self, labels: Mapping[str, str]) -> Iterator[RemoteSandbox]:
-        for sandbox_id in self.store.ids():
-            record = self.store.read(sandbox_id)
-            if record is None or record["state"] == DESTROYING:
+        """Oldest first (then by id), from the records as they are when the listing starts."""
+        records = [record for record in map(self.store.read, self.store.ids()) if record is not None]
+        records.sort(key=lambda record: (record.get("created_at") or 0, record["id"]))
+        for record in records:
+            if record["state"] == DESTROYING:
                 continue
             if all(record["labels"].get(key) == value for key, value in labels.items()):
                 yield self._remote(record)
@@ -350,6 +354,24 @@ class LocalProvider(SandboxProvider):
             except ProviderError:
                 pass
 
+    def set_auto_stop(self, remote_id: str, minutes: int) -> None:
+        """Records the idle stop (0: never) for every later start, and tells a running agent at
+        once: it stops the sandbox after ``minutes`` without activity (terminal, program or relay
+        traffic inside, :meth:`refresh_activity`), checked at least every 30 s."""
+        sandbox_id = self._existing(remote_id)
+        minutes = max(0, int(minutes))
+        with self.store.locked(sandbox_id, timeout=LOCK_TIMEOUT):
+            record = self.store.load(sandbox_id)
+            record["auto_stop_minutes"] = minutes
+            self.store.write(record)
+        if self.lifecycle.observed(record) == STARTED:
+            try:
+                agent_client.configure(self.store.socket_path(sandbox_id), auto_stop_seconds=minutes * 60)
+            except ProviderError:
+                if self.lifecycle.observed(self.store.load(sandbox_id)) == STARTED:
+                    raise
+                # It stopped meanwhile: the next start reads the record.
+
     # -- inside the sandbox -------------------------------------------------------------------
 
     def open_terminal(
@@ -363,6 +385,32 @@ class LocalProvider(SandboxProvider):
         return agent_client.attach_terminal(
             self.store.socket_path(sandbox_id), session_id, cols=cols, rows=rows, command=command
         )
+
+    def end_terminal(self, remote_id: str, session_id: str) -> None:
+        """Ends the PTY session as ``kill`` does (SIGHUP to its process group, SIGKILL a second
+        later). Idempotent; never counts as use."""
+        if not protocol.SESSION_ID.fullmatch(session_id or "") or not SANDBOX_ID.fullmatch(remote_id or ""):
+            return  # no such session can exist
+        record = self.store.read(remote_id)
+        if record is None or self.lifecycle.observed(record) != STARTED:
+            return
+        try:
+            agent_client.end_session(self.store.socket_path(remote_id), session_id)
+        except ProviderError:
+            record = self.store.read(remote_id)
+            if record is not None and self.lifecycle.observed(record) == STARTED:
+                raise
+            # The sandbox stopped meanwhile, and every session with it.
+
+    def open_process(self, remote_id: str, argv: list[str]) -> LocalProcess:
+        """See :meth:`SandboxProvider.open_process`. The program runs in a session and process
+        group of its own, with the sandbox's environment but no ``TERM``; :meth:`LocalProcess.kill`
+        and ``close`` kill the whole group (its background children too). At most 64 run at once
+        in one sandbox."""
+        if not (isinstance(argv, list) and argv and all(isinstance(a, str) and "\0" not in a for a in argv)):
+            raise ProviderError("A program is a non-empty list of strings.", kind=ErrorKind.REJECTED)
+        sandbox_id = self._running(remote_id)
+        return agent_client.open_process(self.store.socket_path(sandbox_id), argv)
 
     def open_relay(self, remote_id: str, port: int) -> socket.socket:
         """A connected stream (blocking, no timeout) to ``127.0.0.1:port`` inside the running
