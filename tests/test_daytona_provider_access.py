@@ -3,7 +3,6 @@ revocation, and activity."""
 
 from __future__ import annotations
 
-import time
 import urllib.request
 from datetime import UTC, datetime, timedelta
 from urllib.error import HTTPError
@@ -30,16 +29,14 @@ def test_mint_access_returns_ssh_preview_and_terminal(provider, fake_daytona):
     assert {r.query["expiresInSeconds"] for r in sign_requests} == {"600"}
 
 
-def test_warm_mint_costs_three_concurrent_requests(provider, fake_daytona):
+def test_warm_mint_costs_three_requests(provider, fake_daytona):
+    # They are made side by side; what that saves is measured by bin/bench (warm launch).
     sandbox_id = started_sandbox(fake_daytona)
     provider.get(sandbox_id)  # the client exists: a warm process
     before = fake_daytona.calls
-    fake_daytona.latency = 0.2
-    start = time.monotonic()
 
     provider.mint_access(sandbox_id, ssh_minutes=120, preview_port=3000, link_seconds=600)
 
-    assert elapsed_since(start) < 0.4  # three calls of 0.2 s each, side by side
     assert fake_daytona.calls - before == {"ssh_create": 1, "signed_preview_url": 2}
 
 
@@ -61,8 +58,9 @@ def test_revoke_access_expires_links_and_ssh(provider, fake_daytona):
     provider.revoke_access(sandbox_id, preview_port=3000, links=[access.preview, access.terminal])
     provider.revoke_access(sandbox_id, preview_port=3000, links=[access.preview, access.terminal])
 
-    assert page_status(access.preview.url) == 410
-    assert page_status(access.terminal.url) == 410
+    # Expired early: Daytona's proxy refuses them (401 to an API client; a browser is sent to log in).
+    assert page_status(access.preview.url) == 401
+    assert page_status(access.terminal.url) == 401
     assert fake_daytona.ssh_tokens(sandbox_id) == []
     revokes = [r for r in fake_daytona.requests if r.operation == "ssh_revoke"]
     assert all("token" not in r.query for r in revokes)
@@ -82,6 +80,7 @@ def test_refresh_activity_moves_last_activity(provider, fake_daytona):
     fake_daytona.advance_clock(600)
 
     provider.refresh_activity(sandbox_id)
+    fake_daytona.advance_clock(20)  # Daytona writes activity in batches every 10 s
 
     assert provider.get(sandbox_id).last_activity_at - before >= timedelta(seconds=600)
     assert fake_daytona.calls["last_activity"] == 1

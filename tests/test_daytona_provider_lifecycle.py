@@ -104,8 +104,9 @@ def test_create_returns_creating_when_the_wait_runs_out(provider, fake_daytona):
     sandbox = provider.create(make_spec(), wait_seconds=0.5)
 
     assert sandbox.state is RemoteState.CREATING
-    assert 0.4 < elapsed_since(start) < 1.5
-    assert fake_daytona.sandbox(sandbox.id) is not None
+    assert elapsed_since(start) >= 0.5  # it waited as long as it was told
+    assert fake_daytona.calls["get"] >= 1  # polled meanwhile
+    assert fake_daytona.sandbox(sandbox.id)["state"] != "started"  # and gave up before the end
 
 
 def test_a_wait_that_runs_out_leaves_no_alarm_armed(provider, fake_daytona):
@@ -153,13 +154,11 @@ def test_a_wait_in_a_worker_thread_leaves_the_thread_and_provider_usable(provide
 
 def test_wait_zero_returns_right_after_the_post(provider, fake_daytona):
     fake_daytona.transition_seconds = 5
-    start = time.monotonic()
 
     sandbox = provider.create(make_spec(), wait_seconds=0)
 
     assert sandbox.state is RemoteState.CREATING
-    assert elapsed_since(start) < 0.5
-    assert fake_daytona.calls == {"create": 1}
+    assert fake_daytona.calls == {"create": 1}  # no poll after the answer
 
 
 def test_create_polls_until_started(provider, fake_daytona):

@@ -154,6 +154,22 @@ def test_unknown_fault_is_rejected(fake_daytona):  # noqa: F811
         fake_daytona.fault("create", "explode")
     with pytest.raises(ValueError):
         fake_daytona.fault("teleport", "reset")
+    with pytest.raises(ValueError, match="applies only to create, start, recover"):
+        fake_daytona.fault("get", "ends_in_error")
+
+
+def test_ends_in_error_lets_the_start_happen_and_the_sandbox_error(fake_daytona, sdk):  # noqa: F811
+    sandbox = _create(sdk)
+    sandbox.stop(timeout=10)
+    fault = {"operation": "start", "kind": "ends_in_error", "message": "runner lost"}
+    assert _fetch(f"{fake_daytona.url}/__faults", fault)[0] == 200
+
+    with pytest.raises(DaytonaBadRequestError, match="^Failed to start sandbox: Sandbox failed to start: runner lost$"):
+        sandbox.start(timeout=10)
+
+    seen = sdk.get(sandbox.id)
+    assert (seen.state, seen.error_reason) == ("error", "runner lost")
+    assert fake_daytona.calls["start"] == 1
 
 
 # ----- hooks, CLI, shutdown ---------------------------------------------------------------------

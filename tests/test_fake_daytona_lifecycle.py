@@ -96,7 +96,8 @@ def test_mid_transition_and_errored_sandboxes_refuse_changes(fake_daytona, sdk):
 
 def test_transitions_take_time_and_the_sdk_waits(fake_daytona, sdk):  # noqa: F811
     fake_daytona.transition_seconds = 0.3
-    sandbox = _create(sdk)
+    params = CreateSandboxFromImageParams(name="u-42", image="python:3.12-slim")
+    sandbox = sdk.create(params, timeout=10)  # an image build is answered at once, so the SDK polls
     assert sandbox.state == "started"
     assert fake_daytona.calls["get"] >= 1
     sandbox.delete()
@@ -225,10 +226,11 @@ def test_refresh_activity_and_autostop_pass(fake_daytona, sdk):  # noqa: F811
     never = _create(sdk, name="never", auto_stop_interval=0)
     fake_daytona.advance_clock(16 * 60)
     busy.refresh_activity()
+    fake_daytona.advance_clock(10)  # the API flushes buffered activity every 10 s
 
     assert fake_daytona.calls["last_activity"] == 1
     last_activity = _parse(fake_daytona.sandbox(busy.id)["lastActivityAt"])
-    assert abs(last_activity - fake_daytona.now()) < timedelta(seconds=2)
+    assert abs(last_activity - fake_daytona.now()) < timedelta(seconds=12)
     assert fake_daytona.run_autostop() == [idle.id]
     assert fake_daytona.sandbox(idle.id)["state"] == "stopped"
     assert fake_daytona.sandbox(never.id)["state"] == "started"

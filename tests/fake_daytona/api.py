@@ -1,4 +1,8 @@
-"""The Daytona REST API under ``/api``: sandboxes, SSH access, preview links."""
+"""The Daytona REST API under ``/api``: sandboxes, SSH access, preview links.
+
+A create from a snapshot, a start and a recover are held until the sandbox runs
+(:mod:`.holds`); everything else answers at once.
+"""
 
 from __future__ import annotations
 
@@ -7,14 +11,24 @@ from typing import Any
 
 from aiohttp import web
 
-from .middleware import FAKE_KEY, ApiResult, error_response, fake_of, make_middleware, operation
+from .builds import DEFAULT_BUILD_ERROR
+from .holds import hold_until_started
+from .middleware import (
+    FAKE_KEY,
+    TRANSITION_FAULT_KEY,
+    ApiResult,
+    error_response,
+    fake_of,
+    make_middleware,
+    operation,
+)
 from .records import ApiError
 from .store import SandboxStore
 
 
 def build_api_app(fake: Any) -> web.Application:
     """The sub-application mounted at ``/api``."""
-    app = web.Application(middlewares=[make_middleware(with_latency=True)])
+    app = web.Application(middlewares=[make_middleware(with_latency=True, with_rate_limits=True)])
     app[FAKE_KEY] = fake
     add = app.router.add_route
     add("*", "/socket.io/{tail:.*}", socket_io_unavailable)
@@ -68,12 +82,33 @@ async def unknown_route(request: web.Request) -> web.Response:
     return error_response(request, 404, f"Cannot {request.method} {request.path}")
 
 
+# errorReason of a scripted ``ends_in_error`` fault without a message.
+DEFAULT_START_ERROR = "Sandbox entered error state on runner during startup wait loop"
+
+
+def _fail_reason(request: web.Request, default: str) -> str | None:
+    """The errorReason a scripted ``ends_in_error`` fault gives this request's transition."""
+    fault = request.get(TRANSITION_FAULT_KEY)
+    if fault is None:
+        return None
+    return fault.message or default
+
+
 @operation("create")
 async def create_sandbox(request: web.Request) -> ApiResult:
     body = await _json_body(request)
     if not isinstance(body, dict):
         raise ApiError(400, "Request body must be an object")
-    return ApiResult(_store(request).create(body))
+    fake = fake_of(request)
+    building = body.get("buildInfo") is not None
+    reason = _fail_reason(request, DEFAULT_BUILD_ERROR if building else DEFAULT_START_ERROR)
+    created = _store(request).create(body, fail_reason=reason)
+    if building or created["state"] == "started":
+        return ApiResult(created)  # an image build is answered at once
+    held = await hold_until_started(fake, created)
+    # v0.190.0's controller discards the wait's outcome and answers the sandbox as inserted;
+    # whether the hosted service still does is not known, so both answers are available.
+    return ApiResult(created if fake.create_answer_after_hold == "as_created" else held)
 
 
 @operation("list")
@@ -86,6 +121,9 @@ async def list_sandboxes(request: web.Request) -> ApiResult:
         cursor=query.get("cursor"),
         id_prefix=query.get("id"),
         name_prefix=query.get("name"),
+        sort=query.get("sort"),
+        order=query.get("order"),
+        include_errored_deleted=query.get("includeErroredDeleted"),
     )
     return ApiResult(page)
 
@@ -102,7 +140,10 @@ async def delete_sandbox(request: web.Request) -> ApiResult:
 
 @operation("start")
 async def start_sandbox(request: web.Request) -> ApiResult:
-    return ApiResult(_store(request).start(_id(request)))
+    started = _store(request).start(_id(request), fail_reason=_fail_reason(request, DEFAULT_START_ERROR))
+    if started["state"] in ("archived", "restoring", "started"):
+        return ApiResult(started)  # a restore is answered at once
+    return ApiResult(await hold_until_started(fake_of(request), started))
 
 
 @operation("stop")
@@ -112,7 +153,10 @@ async def stop_sandbox(request: web.Request) -> ApiResult:
 
 @operation("recover")
 async def recover_sandbox(request: web.Request) -> ApiResult:
-    return ApiResult(_store(request).recover(_id(request)))
+    recovered = _store(request).recover(_id(request), fail_reason=_fail_reason(request, DEFAULT_START_ERROR))
+    if recovered["state"] == "started":
+        return ApiResult(recovered)
+    return ApiResult(await hold_until_started(fake_of(request), recovered))
 
 
 @operation("archive")
@@ -187,7 +231,8 @@ async def get_signed_preview_url(request: web.Request) -> ApiResult:
 async def expire_signed_preview_url(request: web.Request) -> ApiResult:
     info = request.match_info
     _store(request).expire_signed_preview(info["id"], info["port"], info["token"])
-    return ApiResult(None)
+    # NestJS answers a @Post without @HttpCode 201, with no body (the spec says 200).
+    return ApiResult(None, status=201)
 
 
 @operation("toolbox_proxy_url")

@@ -1,9 +1,11 @@
 """The store's core: one lock over every table, and the state machine the operations share.
 
 Sandboxes move between states through :meth:`StoreCore._move`; a transition that takes time
-is scheduled (``_Pending``) and completes when the fake clock passes its due time, checked
-whenever the sandbox is looked at. The operations are mixins on top of this class
-(:mod:`.lifecycle`, :mod:`.listing`, :mod:`.tokens`).
+is a plan of phases (:mod:`.transitions`, durations from :mod:`.timings`) whose steps are
+scheduled (``_Pending``) and happen when the fake clock passes their due times, checked
+whenever the sandbox is looked at. The state stored is the server's; the API shows it through
+:func:`~tests.fake_daytona.transitions.api_state`. The operations are mixins on top of this
+class (:mod:`.lifecycle`, :mod:`.listing`, :mod:`.tokens`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from .activity import ActivityTracker
+from .builds import BuildCache
 from .clock import FakeClock, iso, parse_iso
 from .records import (
     DEFAULT_SNAPSHOT,
@@ -21,6 +25,7 @@ from .records import (
     ORGANIZATION_ID,
     TRANSITION_TARGET,
     ApiError,
+    _ListGhost,
     _ListSnapshot,
     _Pending,
     _Sandbox,
@@ -29,6 +34,8 @@ from .records import (
     not_found,
     random_token,
 )
+from .timings import Timings
+from .transitions import Phase, Plan, api_state, delete_plan, phase_seconds
 
 
 class StoreCore:
@@ -36,11 +43,12 @@ class StoreCore:
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock
-        self.transition_seconds = 0.0
+        self.timings = Timings.realistic()
+        self.builds = BuildCache()
         self.base_url = "http://127.0.0.1:0"
         self.ssh_host = "127.0.0.1"
         self.ssh_port = 2222
-        self.preview_counts_as_activity = True
+        self.activity = ActivityTracker(clock.time)
         self.on_leave_started: Callable[[str], None] | None = None
         self._lock = threading.RLock()
         self._clear()
@@ -54,6 +62,9 @@ class StoreCore:
         self._seq = 0
         self._list_lag = 0.0
         self._snapshot: _ListSnapshot | None = None
+        self._ghosts: dict[str, _ListGhost] = {}
+        self.builds.clear()
+        self.activity.reset()
 
     @property
     def toolbox_url(self) -> str:
@@ -93,6 +104,8 @@ class StoreCore:
         fields = dict(fields)
         if "lastActivityAt" in fields:
             sb.last_activity = parse_iso(fields.pop("lastActivityAt"))
+            # Read as "idle since then": posts still buffered would flush over it.
+            self.activity.discard_unflushed(sb.id)
         if "updatedAt" in fields:
             sb.updated = parse_iso(fields.pop("updatedAt"))
         if "name" in fields:
@@ -108,10 +121,20 @@ class StoreCore:
 
     def _render(self, sb: _Sandbox) -> dict[str, Any]:
         out = copy.deepcopy(sb.data)
+        out["state"] = api_state(sb.data["state"], sb.data["desiredState"])
         out["updatedAt"] = iso(sb.updated)
-        out["lastActivityAt"] = iso(sb.last_activity)
+        out["lastActivityAt"] = iso(self._last_activity_at(sb))
         out["toolboxProxyUrl"] = self.toolbox_url
         return out
+
+    def _last_activity_at(self, sb: _Sandbox) -> float:
+        """The ``lastActivityAt`` the API shows (also the listing's default sort key): the
+        stored value, raised by the activity posts flushed to it by now (:mod:`.activity`)."""
+        if self._by_id.get(sb.id) is sb:
+            flushed = self.activity.settle(sb.id)
+            if flushed is not None and flushed > sb.last_activity:
+                sb.last_activity = flushed
+        return sb.last_activity
 
     def _revoke_ssh(self, sandbox_id: str, token: str | None) -> None:
         doomed = [
@@ -127,7 +150,7 @@ class StoreCore:
             sb = self._by_id.get(sandbox_id) if sandbox_id else None
         if sb is not None:
             self._advance(sb)
-            if sb.id not in self._by_id:
+            if sb.id not in self._by_id or _errored_deleted(sb):
                 return None
         return sb
 
@@ -135,7 +158,7 @@ class StoreCore:
         sb = self._by_id.get(sandbox_id)
         if sb is not None:
             self._advance(sb)
-            if sb.id not in self._by_id:
+            if sb.id not in self._by_id or _errored_deleted(sb):
                 return None
         return sb
 
@@ -146,36 +169,60 @@ class StoreCore:
         return sb
 
     def _begin(self, sb: _Sandbox, transitional: str, target: str) -> None:
-        """Enter a transition; with no transition time it completes at once."""
-        if self.transition_seconds <= 0:
-            self._move(sb, target)
-            return
-        self._move(sb, transitional, desired=target)
-        self._schedule(sb, target, self.transition_seconds)
+        """Enter ``transitional`` for as long as the timings say, then ``target``."""
+        seconds = phase_seconds(transitional, self.timings)
+        self._run_plan(sb, Plan((Phase(transitional, seconds),), target, target))
+        self._advance(sb)
+
+    def _run_plan(self, sb: _Sandbox, plan: Plan) -> None:
+        """Enter the plan's first phase now and schedule the rest (not advanced here)."""
+        now = self.clock.time()
+        phases = plan.phases or (Phase(plan.final, 0.0),)
+        self._move(sb, phases[0].state, desired=plan.desired)
+        steps, due = [], now
+        for index, phase in enumerate(phases):
+            due += max(0.0, phase.seconds)
+            following = phases[index + 1].state if index + 1 < len(phases) else plan.final
+            steps.append((following, due))
+        if not plan.phases:
+            steps = []
+        if steps:
+            sb.pending = _Pending(steps=steps, desired=plan.desired, error_reason=plan.error_reason)
+            self._pending_ids.add(sb.id)
 
     def _begin_delete(self, sb: _Sandbox) -> dict[str, Any]:
-        """Accept a delete: free the name at once, answer ``destroying``."""
+        """Accept a delete: free the name at once and answer the sandbox as it now reads
+        (``destroying`` for a started or stopped one; an archived one still ``archived``)."""
+        lag = self.timings.delete_list_lag
+        if lag > 0 and not _errored_deleted(sb):
+            # The listing lags behind a delete (daytonaio/daytona#5138): for a moment it
+            # still shows the sandbox as it was, old name and state included.
+            self._ghosts[sb.id] = _ListGhost(row=_listing_copy(sb), until=self.clock.time() + lag)
         millis = int(self.clock.time() * 1000)
         self._rename(sb, f"DESTROYED_{sb.data['name']}_{millis}")
-        self._move(sb, "destroying", desired="destroyed")
+        self._run_plan(sb, delete_plan(sb.state, self.timings))
+        sb.data["backupState"] = "None"
         answer = self._render(sb)
-        self._schedule(sb, "destroyed", self.transition_seconds)
         self._advance(sb)
         return answer
 
     def _schedule(self, sb: _Sandbox, target: str, after: float) -> None:
-        sb.pending = _Pending(target=target, due=self.clock.time() + max(0.0, after))
+        sb.pending = _Pending(steps=[(target, self.clock.time() + max(0.0, after))])
         self._pending_ids.add(sb.id)
 
     def _move(self, sb: _Sandbox, state: str, *, desired: str | None = None) -> None:
         was_started = sb.state == "started"
+        changed = sb.state != state
         now = self.clock.time()
         sb.data["state"] = state
         sb.data["desiredState"] = desired or TRANSITION_TARGET.get(state, state)
         sb.pending = None
         self._pending_ids.discard(sb.id)
         sb.updated = now
-        sb.last_activity = now
+        if changed:
+            # A state change writes lastActivityAt straight to the database (the
+            # repository's upsert), past the activity throttle and buffer.
+            sb.last_activity = now
         if state == "destroyed":
             self._forget(sb)
         if was_started and state != "started":
@@ -190,9 +237,20 @@ class StoreCore:
             del self._signed[token]
 
     def _advance(self, sb: _Sandbox) -> None:
+        """Take every step of the sandbox's transition that is due by now."""
         pending = sb.pending
-        if pending is not None and self.clock.time() >= pending.due:
-            self._move(sb, pending.target)
+        now = self.clock.time()
+        while pending is not None and pending.steps and now >= pending.due:
+            state, _ = pending.steps.pop(0)
+            self._move(sb, state, desired=pending.desired if state != "destroyed" else None)
+            if sb.id not in self._by_id:
+                return
+            if pending.steps:
+                sb.pending = pending
+                self._pending_ids.add(sb.id)
+            elif state in ERROR_STATES:
+                sb.data["errorReason"] = pending.error_reason
+                sb.data["recoverable"] = False
 
     def _advance_pending(self) -> None:
         for sandbox_id in list(self._pending_ids):
@@ -205,6 +263,22 @@ class StoreCore:
     def _notify_left_started(self, sandbox_id: str) -> None:
         if self.on_leave_started is not None:
             self.on_leave_started(sandbox_id)
+
+
+def _errored_deleted(sb: _Sandbox) -> bool:
+    """Errored sandboxes being deleted answer 404 at once (``findOneByIdOrName``)."""
+    return sb.state in ERROR_STATES and sb.data["desiredState"] == "destroyed"
+
+
+def _listing_copy(sb: _Sandbox) -> _Sandbox:
+    """A frozen copy of a sandbox for a listing that lags behind."""
+    return _Sandbox(
+        data=copy.deepcopy(sb.data),
+        seq=sb.seq,
+        last_activity=sb.last_activity,
+        updated=sb.updated,
+        preview_token="",
+    )
 
 
 def _default_data(sandbox_id: str, name: str, labels: dict[str, str], state: str, now: float) -> dict[str, Any]:

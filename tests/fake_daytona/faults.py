@@ -40,7 +40,11 @@ HTTP_KINDS = ("status", "reset", "slow", "commit_then_hang", "commit_then_reset"
 UPGRADE_KINDS = ("status", "reset", "slow")
 # Kinds that only make sense once a PTY websocket has been upgraded.
 WEBSOCKET_KINDS = ("no_connected", "error_frame", "close_no_reason", "slow_consumer", "exit")
-KINDS = HTTP_KINDS + WEBSOCKET_KINDS
+# Kinds that let the operation happen and make the transition it starts end in an error
+# state (``build_failed`` for an image build, else ``error``), errorReason = the message.
+TRANSITION_KINDS = ("ends_in_error",)
+TRANSITION_OPERATIONS = ("create", "start", "recover")
+KINDS = HTTP_KINDS + WEBSOCKET_KINDS + TRANSITION_KINDS
 
 DEFAULT_SECONDS = {"slow": 5.0, "commit_then_hang": 30.0}
 
@@ -148,5 +152,7 @@ def validate(operation: str, kind: str) -> None:
         raise ValueError(f"unknown fault kind {kind!r}; expected one of {', '.join(KINDS)}")
     if kind in WEBSOCKET_KINDS and operation not in WEBSOCKET_OPERATIONS:
         raise ValueError(f"fault kind {kind!r} applies only to {', '.join(WEBSOCKET_OPERATIONS)}")
+    if kind in TRANSITION_KINDS and operation not in TRANSITION_OPERATIONS:
+        raise ValueError(f"fault kind {kind!r} applies only to {', '.join(TRANSITION_OPERATIONS)}")
     if operation in WEBSOCKET_OPERATIONS and kind not in UPGRADE_KINDS + WEBSOCKET_KINDS:
         raise ValueError(f"fault kind {kind!r} does not apply to a websocket upgrade")

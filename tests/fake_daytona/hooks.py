@@ -10,6 +10,7 @@ from aiohttp import web
 
 from .clock import iso
 from .middleware import fake_of
+from .timings import timings_from
 
 HookHandler = Callable[[web.Request], Awaitable[web.Response]]
 
@@ -27,6 +28,9 @@ def add_hook_routes(app: web.Application) -> None:
     add("POST", "/__config", _hook(configure))
     add("POST", "/__seed", _hook(seed))
     add("POST", "/__autostop", _hook(autostop))
+    add("POST", "/__ssh", _hook(ssh_session))
+    add("GET", "/__activity", _hook(activity))
+    add("POST", "/__activity", _hook(configure_activity))
 
 
 def _hook(handler: Callable[[web.Request, dict[str, Any]], Any]) -> HookHandler:
@@ -93,18 +97,58 @@ def reset(request: web.Request, body: dict[str, Any]) -> None:
 
 
 def configure(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Change settings; each key is optional and applied in this order:
+
+    ``latency`` (seconds added to every API call), ``timings`` (``"realistic"``,
+    ``"instant"``, or an object of durations applied on top of the current ones, e.g.
+    ``{"build": 30}``), ``transition_seconds`` (every transition that long),
+    ``time_scale`` (multiply the current durations), ``list_lag``, ``ssh_host``,
+    ``ssh_port``, ``rate_limits`` (``{"sandbox-create": 2, "authenticated": null}``; null is
+    unlimited), ``rate_limit_window`` (seconds), ``failing_builds`` (``{"text in the
+    Dockerfile": "errorReason" or null}``, replacing the set), ``create_answer_after_hold``
+    (``"current"`` or ``"as_created"``). Answers the resulting settings.
+    """
     fake = fake_of(request)
     if "latency" in body:
         fake.latency = float(body["latency"])
+    if "timings" in body:
+        fake.timings = timings_from(body["timings"], fake.timings)
     if "transition_seconds" in body:
         fake.transition_seconds = float(body["transition_seconds"])
+    if "time_scale" in body:
+        fake.timings = fake.timings.scaled(float(body["time_scale"]))
     if "list_lag" in body:
         fake.list_lag(float(body["list_lag"]))
     if "ssh_host" in body:
         fake.ssh_host = str(body["ssh_host"])
     if "ssh_port" in body:
         fake.ssh_port = int(body["ssh_port"])
-    return {"latency": fake.latency, "transition_seconds": fake.transition_seconds}
+    if "rate_limits" in body:
+        limits = body["rate_limits"]
+        if not isinstance(limits, dict):
+            raise ValueError("rate_limits must be an object")
+        for group, limit in limits.items():
+            fake.set_rate_limit(group, limit)
+    if "rate_limit_window" in body:
+        window = float(body["rate_limit_window"])
+        if window <= 0:
+            raise ValueError("rate_limit_window must be positive")
+        fake.rate_limits.window_seconds = window
+    if "failing_builds" in body:
+        fake.store.builds.set_failing(body["failing_builds"])
+    if "create_answer_after_hold" in body:
+        answer = body["create_answer_after_hold"]
+        if answer not in ("current", "as_created"):
+            raise ValueError("create_answer_after_hold must be 'current' or 'as_created'")
+        fake.create_answer_after_hold = answer
+    return {
+        "latency": fake.latency,
+        "transition_seconds": fake.transition_seconds,
+        "timings": fake.timings.describe(),
+        "rate_limits": fake.rate_limits.describe(),
+        "failing_builds": dict(fake.store.builds.failing),
+        "create_answer_after_hold": fake.create_answer_after_hold,
+    }
 
 
 def seed(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
@@ -119,3 +163,45 @@ def seed(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
 
 def autostop(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     return {"stopped": fake_of(request).run_autostop()}
+
+
+def ssh_session(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """``{"action": "open", "sandbox_id": ...}`` answers ``{"session": id}`` (null when the
+    ``ssh`` source is off; 400 if the sandbox is not started); ``{"action": "close",
+    "session": id}`` ends it."""
+    fake = fake_of(request)
+    action = body.get("action")
+    if action == "open":
+        return {"session": fake.open_ssh_session(str(body["sandbox_id"])).id}
+    if action == "close":
+        fake.close_ssh_session(int(body["session"]))
+        return {}
+    raise ValueError("action must be 'open' or 'close'")
+
+
+def activity(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """``?sandbox=<id>``: its activity posts (re-posts up to now included) and open
+    connections by source."""
+    fake = fake_of(request)
+    sandbox_id = request.query["sandbox"]
+    posts = [{"at": iso(p.at), "source": p.source, "outcome": p.outcome} for p in fake.activity_posts(sandbox_id)]
+    return {"posts": posts, "connections": fake.activity.open_connections(sandbox_id)}
+
+
+def configure_activity(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """Optional keys: ``switches`` (``{"pty": false, ...}``), ``proxy_cache_seconds``,
+    ``preview_warning`` (bool). Answers the resulting settings."""
+    fake = fake_of(request)
+    switches = body.get("switches", {})
+    if not isinstance(switches, dict) or not set(switches) <= set(fake.activity_switches):
+        raise ValueError(f"switches must be an object with keys among {sorted(fake.activity_switches)}")
+    fake.activity_switches.update({key: bool(value) for key, value in switches.items()})
+    if "proxy_cache_seconds" in body:
+        fake.proxy_activity_cache_seconds = float(body["proxy_cache_seconds"])
+    if "preview_warning" in body:
+        fake.preview_warning = bool(body["preview_warning"])
+    return {
+        "switches": dict(fake.activity_switches),
+        "proxy_cache_seconds": fake.proxy_activity_cache_seconds,
+        "preview_warning": fake.preview_warning,
+    }

@@ -5,8 +5,19 @@ from __future__ import annotations
 
 from typing import Any
 
-from .core import StoreCore
+from .clock import iso
+from .core import StoreCore, _errored_deleted
 from .records import ERROR_STATES, TRANSITION_TARGET, ApiError, _string_map, not_found, random_token
+from .transitions import (
+    Plan,
+    archive_plan,
+    build_plan,
+    create_plan,
+    is_pending,
+    recover_plan,
+    start_plan,
+    stop_plan,
+)
 
 STARTABLE_STATES = frozenset({"stopped", "archived", "archiving", "paused"})
 STOPPABLE_STATES = frozenset({"started", "paused"})
@@ -25,7 +36,7 @@ class LifecycleMixin(StoreCore):
     def all(self) -> list[dict[str, Any]]:
         with self._lock:
             self._advance_pending()
-            return [self._render(sb) for sb in self._by_id.values()]
+            return [self._render(sb) for sb in self._by_id.values() if not _errored_deleted(sb)]
 
     def peek(self, id_or_name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -35,7 +46,7 @@ class LifecycleMixin(StoreCore):
     def count(self) -> int:
         with self._lock:
             self._advance_pending()
-            return len(self._by_id)
+            return sum(1 for sb in self._by_id.values() if not _errored_deleted(sb))
 
     def add(
         self,
@@ -88,7 +99,11 @@ class LifecycleMixin(StoreCore):
             self._move(sb, "destroyed")
 
     def run_autostop(self) -> list[str]:
-        """Stop (or, when ephemeral, delete) started sandboxes idle past their interval."""
+        """Stop (or, when ephemeral, delete) started sandboxes idle past their interval.
+
+        Idle is judged on ``lastActivityAt`` as stored (:meth:`_last_activity_at`), as the
+        service's job reads the database: posts not flushed yet do not count.
+        """
         with self._lock:
             self._advance_pending()
             now = self.clock.time()
@@ -97,7 +112,7 @@ class LifecycleMixin(StoreCore):
                 minutes = sb.data.get("autoStopInterval") or 0
                 if sb.state != "started" or sb.data["desiredState"] != "started" or minutes <= 0:
                     continue
-                if now - sb.last_activity <= minutes * 60:
+                if now - self._last_activity_at(sb) <= minutes * 60:
                     continue
                 if sb.data.get("autoDeleteInterval") == 0:
                     self._begin_delete(sb)
@@ -105,13 +120,6 @@ class LifecycleMixin(StoreCore):
                     self._begin(sb, "stopping", "stopped")
                 acted.append(sb.id)
             return acted
-
-    def touch(self, sandbox_id: str) -> None:
-        """Record activity (toolbox or preview traffic)."""
-        with self._lock:
-            sb = self._by_id.get(sandbox_id)
-            if sb is not None:
-                sb.last_activity = self.clock.time()
 
     def is_started(self, sandbox_id: str) -> bool:
         with self._lock:
@@ -125,25 +133,73 @@ class LifecycleMixin(StoreCore):
 
     # ----- API operations ---------------------------------------------------------------
 
-    def create(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create(self, body: dict[str, Any], *, fail_reason: str | None = None) -> dict[str, Any]:
+        """Insert a sandbox and answer it as it reads before any wait of the server's.
+
+        With ``buildInfo`` the image is built first (or found built); otherwise the sandbox
+        boots from its snapshot. ``fail_reason`` makes the transition end in ``error``
+        (``build_failed`` for a build) with that errorReason.
+        """
         with self._lock:
             labels = _string_map(body.get("labels"), "labels")
             env = _string_map(body.get("env"), "env")
             name = body.get("name")
             if name is not None and (not isinstance(name, str) or not name):
                 raise ApiError(400, "name must be a non-empty string")
+            build_info = _build_info(body)
             fields = _create_fields(body, env)
-            initial = "creating" if self.transition_seconds > 0 else "started"
-            sb = self._insert(name=name, labels=labels, state=initial, fields=fields)
-            if initial == "creating":
-                self._schedule(sb, "started", self.transition_seconds)
+            if build_info is not None:
+                if body.get("snapshot"):
+                    raise ApiError(400, "Cannot specify a snapshot when using a build info entry")
+                plan, fields["buildInfo"] = self._plan_build(build_info, fail_reason)
+            else:
+                if any(body.get(key) for key in ("cpu", "gpu", "memory", "disk")):
+                    raise ApiError(400, "Cannot specify Sandbox resources when using a snapshot")
+                plan = create_plan(self.timings, fail_reason)
+            sb = self._insert(name=name, labels=labels, state=plan.phases[0].state, fields=fields)
+            self._run_plan(sb, plan)
+            self._advance(sb)
             return self._render(sb)
+
+    def _plan_build(self, build_info: dict[str, Any], fail_reason: str | None) -> tuple[Plan, dict[str, Any]]:
+        """The create's phases, after claiming (or joining, or reusing) the image build."""
+        now = self.clock.time()
+        timings = self.timings
+        build, waits = self.builds.claim(
+            build_info["dockerfileContent"],
+            build_info["contextHashes"],
+            now=now,
+            takes=timings.build_queue + timings.build,
+            fail_reason=fail_reason,
+        )
+        left = build.ready_at - now if waits else None
+        plan = build_plan(timings, build_left=left, error_reason=build.error_reason if waits else None)
+        record = {
+            "dockerfileContent": build.dockerfile,
+            "contextHashes": list(build.context_hashes),
+            "createdAt": iso(build.created),
+            "updatedAt": iso(now),
+            "snapshotRef": build.ref,
+        }
+        return plan, record
+
+    def watch(self, sandbox_id: str) -> tuple[dict[str, Any] | None, float | None]:
+        """The sandbox as the API shows it now (None once it is gone) and the seconds on the
+        emulator's clock until its transition's next step (None when none is due)."""
+        with self._lock:
+            sb = self._find_by_id(sandbox_id)
+            if sb is None:
+                return None, None
+            wait = sb.pending.due - self.clock.time() if sb.pending and sb.pending.steps else None
+            return self._render(sb), wait
 
     def get(self, id_or_name: str) -> dict[str, Any]:
         with self._lock:
             return self._render(self._require(id_or_name))
 
-    def start(self, id_or_name: str) -> dict[str, Any]:
+    def start(self, id_or_name: str, *, fail_reason: str | None = None) -> dict[str, Any]:
+        """Accept a start; the answer is before any wait of the server's (an archived
+        sandbox answers ``archived`` with desiredState ``started``, then restores)."""
         with self._lock:
             sb = self._require(id_or_name)
             state, desired = sb.state, sb.data["desiredState"]
@@ -156,49 +212,65 @@ class LifecycleMixin(StoreCore):
                 raise ApiError(409, "Sandbox state change in progress")
             if state not in STARTABLE_STATES:
                 raise ApiError(400, "Sandbox is not in valid state")
-            sb.preview_token = random_token(32)
-            transitional = "restoring" if state in ("archived", "archiving") else "starting"
-            if state == "paused":
-                transitional = "resuming"
-            self._begin(sb, transitional, "started")
+            if is_pending(state, desired):
+                raise ApiError(409, "Sandbox state change in progress")
+            if state != "paused":  # a resume keeps the preview token, a start issues a new one
+                sb.preview_token = random_token(32)
+            self._run_plan(sb, start_plan(state, self.timings, fail_reason))
+            self._advance(sb)
             return self._render(sb)
 
     def stop(self, id_or_name: str) -> dict[str, Any]:
+        """Accept a stop: answered at once (``stopping``). An ephemeral sandbox
+        (autoDeleteInterval 0) is deleted instead."""
         with self._lock:
             sb = self._require(id_or_name)
-            if sb.state not in ERROR_STATES and sb.state != sb.data["desiredState"]:
+            if sb.state in ERROR_STATES:
+                raise ApiError(400, "Sandbox is in an errored state")
+            if sb.state != sb.data["desiredState"]:
                 raise ApiError(409, "Sandbox state change in progress")
             if sb.state not in STOPPABLE_STATES:
                 raise ApiError(400, "Sandbox is not in a stoppable state")
-            self._begin(sb, "stopping", "stopped")
+            if sb.data.get("autoDeleteInterval") == 0:
+                return self._begin_delete(sb)
+            self._run_plan(sb, stop_plan(self.timings))
+            self._advance(sb)
             return self._render(sb)
 
     def delete(self, id_or_name: str) -> dict[str, Any]:
+        """Accept a delete (409 while another change is pending, except a pending build)."""
         with self._lock:
             sb = self._require(id_or_name)
-            in_progress = sb.state not in ERROR_STATES and sb.state != sb.data["desiredState"]
-            if in_progress and sb.state != "pending_build":
+            if is_pending(sb.state, sb.data["desiredState"]) and sb.state != "pending_build":
                 raise ApiError(409, "Sandbox state change in progress")
             return self._begin_delete(sb)
 
     def archive(self, id_or_name: str) -> dict[str, Any]:
         with self._lock:
             sb = self._require(id_or_name)
+            if sb.state in ERROR_STATES:
+                raise ApiError(400, "Sandbox is in an errored state")
+            if sb.state != sb.data["desiredState"]:
+                raise ApiError(409, "Sandbox state change in progress")
             if sb.state != "stopped":
                 raise ApiError(400, "Sandbox is not stopped")
-            self._begin(sb, "archiving", "archived")
+            if sb.data.get("autoDeleteInterval") == 0:
+                raise ApiError(400, "Ephemeral sandboxes cannot be archived")
+            self._run_plan(sb, archive_plan(self.timings))
+            self._advance(sb)
             return self._render(sb)
 
-    def recover(self, id_or_name: str) -> dict[str, Any]:
+    def recover(self, id_or_name: str, *, fail_reason: str | None = None) -> dict[str, Any]:
         with self._lock:
             sb = self._require(id_or_name)
-            if sb.state not in ERROR_STATES:
-                raise ApiError(400, "Sandbox is not in an errored state")
             if not sb.data.get("recoverable"):
-                raise ApiError(400, "Sandbox error is not recoverable")
+                raise ApiError(400, "Sandbox is not in a recoverable state")
+            if sb.state != "error":
+                raise ApiError(400, "Sandbox must be in error state to recover")
             sb.data["errorReason"] = None
             sb.data["recoverable"] = False
-            self._begin(sb, "starting", "started")
+            self._run_plan(sb, recover_plan(self.timings, fail_reason))
+            self._advance(sb)
             return self._render(sb)
 
     def set_labels(self, id_or_name: str, body: Any) -> dict[str, Any]:
@@ -233,11 +305,33 @@ class LifecycleMixin(StoreCore):
             return self._render(sb)
 
     def record_activity(self, sandbox_id: str) -> None:
+        """``POST /sandbox/{id}/last-activity``: in any state; throttled and buffered like
+        every activity post (:mod:`.activity`)."""
         with self._lock:
             sb = self._find_by_id(sandbox_id)
             if sb is None:
                 raise not_found(sandbox_id)
-            sb.last_activity = self.clock.time()
+            self.activity.explicit_post(sb.id)
+
+
+def _build_info(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The create body's ``buildInfo``, checked, or None.
+
+    The real server validates only that it is an object; a missing Dockerfile there is not
+    refused up front (what it then does is not known), so the emulator refuses it.
+    """
+    info = body.get("buildInfo")
+    if info is None:
+        return None
+    if not isinstance(info, dict):
+        raise ApiError(400, "buildInfo must be an object")
+    dockerfile = info.get("dockerfileContent")
+    if not isinstance(dockerfile, str) or not dockerfile:
+        raise ApiError(400, "buildInfo.dockerfileContent must be a non-empty string")
+    hashes = info.get("contextHashes") or []
+    if not isinstance(hashes, list) or not all(isinstance(item, str) for item in hashes):
+        raise ApiError(400, "each value in contextHashes must be a string")
+    return {"dockerfileContent": dockerfile, "contextHashes": hashes}
 
 
 def _create_fields(body: dict[str, Any], env: dict[str, str]) -> dict[str, Any]:

@@ -1,7 +1,11 @@
 """What every emulated endpoint shares: auth, latency, request recording and faults.
 
 Handlers return an ``ApiResult`` (or a websocket response) and raise ``ApiError`` to refuse;
-the middleware turns both into HTTP answers and applies any queued fault on the way.
+the middleware turns both into HTTP answers and applies any queued fault on the way. On the
+REST API it also applies the organisation's rate limits (:mod:`.ratelimits`) after the key
+is checked and before any fault: a refused request is not performed and consumes no fault;
+an allowed one carries the rate-limit headers on whatever the operation answers (a
+``status`` or ``bad_shape`` fault's scripted answer excepted).
 """
 
 from __future__ import annotations
@@ -17,14 +21,16 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from .faults import WEBSOCKET_KINDS, Fault
-from .records import ApiError
+from .faults import TRANSITION_KINDS, WEBSOCKET_KINDS, Fault
+from .ratelimits import THROTTLED_MESSAGE, group_of
+from .records import ORGANIZATION_ID, ApiError
 
 if TYPE_CHECKING:
     from .server import FakeDaytona
 
 FAKE_KEY: web.AppKey[Any] = web.AppKey("fake_daytona")
 WEBSOCKET_FAULT_KEY: web.RequestKey[Fault] = web.RequestKey("fake_daytona.websocket_fault")
+TRANSITION_FAULT_KEY: web.RequestKey[Fault] = web.RequestKey("fake_daytona.transition_fault")
 
 Handler = Callable[[web.Request], Awaitable[Any]]
 
@@ -61,7 +67,7 @@ def error_response(
     except ValueError:
         reason = "Error"
     body = {
-        "path": request.path,
+        "path": request.path_qs,  # the server writes request.url, query included
         "timestamp": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "statusCode": status,
         "error": reason,
@@ -87,7 +93,9 @@ def reset_connection(request: web.Request) -> web.Response:
     return web.Response(status=500)
 
 
-def make_middleware(*, with_latency: bool) -> Callable[..., Awaitable[web.StreamResponse]]:
+def make_middleware(
+    *, with_latency: bool, with_rate_limits: bool = False
+) -> Callable[..., Awaitable[web.StreamResponse]]:
     """Middleware for one sub-application (the API, or the toolbox)."""
 
     @web.middleware
@@ -101,10 +109,22 @@ def make_middleware(*, with_latency: bool) -> Callable[..., Awaitable[web.Stream
             await fake._sleep(fake.latency)
         if request.headers.get("Authorization") != f"Bearer {fake.api_key}":
             return error_response(request, 401, "Unauthorized")
+        limit_headers: dict[str, str] = {}
+        if with_rate_limits:
+            verdict = fake.rate_limits.hit(ORGANIZATION_ID, group_of(name))
+            if not verdict.allowed:
+                return error_response(request, 429, THROTTLED_MESSAGE, verdict.headers)
+            limit_headers = verdict.headers
         fault = fake.faults.take(name)
         if fault is None:
-            return await _answer(request, handler)
-        return await _apply_fault(request, handler, fault, fake, name)
+            response = await _answer(request, handler)
+        elif fault.kind in ("status", "bad_shape"):
+            return await _apply_fault(request, handler, fault, fake, name)
+        else:
+            response = await _apply_fault(request, handler, fault, fake, name)
+        if limit_headers and not response.prepared:
+            response.headers.update(limit_headers)
+        return response
 
     return middleware
 
@@ -140,6 +160,9 @@ async def _apply_fault(
         return await _answer(request, handler)
     if kind in WEBSOCKET_KINDS:
         request[WEBSOCKET_FAULT_KEY] = fault
+        return await _answer(request, handler)
+    if kind in TRANSITION_KINDS:
+        request[TRANSITION_FAULT_KEY] = fault
         return await _answer(request, handler)
     outcome = await _run(request, handler)
     if kind == "commit_then_reset":

@@ -1,7 +1,13 @@
 """Real interactive shells on pseudo-terminals, standing in for the sandbox daemon's PTYs.
 
-Sessions are keyed by (sandbox id, session id) and outlive websocket disconnects; every
-attached client receives the output. All asyncio work happens on the server's loop; the
+As the daemon (``apps/daemon/pkg/toolbox/process/pty``) keeps them: sessions are keyed by
+(sandbox id, session id) and are never reaped; closing a websocket detaches that client
+only; several clients may attach and all receive the output from the moment they attach
+(no replay). A session ends when its shell exits (each client gets an ``exited`` control
+frame, then a close 1000 or 1011 with the exit code as JSON reason), when it is deleted
+(close 1011, exit code 137, no ``exited`` frame) or when the sandbox stops (the daemon dies
+with the container: connections drop without a close frame). The session is forgotten at
+once, so a later connect is refused. All asyncio work happens on the server's loop; the
 ``kill_*`` methods only send signals, so any thread may call them.
 """
 
@@ -28,11 +34,19 @@ from aiohttp import web
 
 from .clock import iso
 
-EXIT_CONTROL_PROTOCOL = "X-Daytona-Pty-Exit-Control"
 ENVS_PROTOCOL_PREFIX = "X-Daytona-Pty-Envs~"
-CONNECTED_FRAME = json.dumps({"type": "control", "status": "connected"})
 SEND_QUEUE_LIMIT = 256
 EXIT_POLL_SECONDS = 0.05
+KILL_FLUSH_SECONDS = 2.0
+SANDBOX_HOME = "/home/daytona"
+
+
+def control_frame(status: str, **fields: Any) -> str:
+    """A control message as the daemon writes it: a Go map, so keys sorted, no spaces."""
+    return json.dumps({"type": "control", "status": status, **fields}, sort_keys=True, separators=(",", ":"))
+
+
+CONNECTED_FRAME = control_frame("connected")
 
 # Makes the new session leader's terminal (its stdin) the controlling terminal, then execs
 # the shell, so job control and Ctrl-C behave as in a real terminal.
@@ -45,32 +59,77 @@ _LAUNCHER = (
 
 @dataclass
 class ExitStatus:
+    """How a shell ended, in the daemon's terms.
+
+    The daemon reaps with ``WaitStatus.ExitStatus()``, which is -1 for a shell killed by a
+    signal; a deleted session reports 137 instead (see :data:`KILLED`).
+    """
+
     code: int
-    reason: str | None
 
     @classmethod
     def from_returncode(cls, returncode: int) -> ExitStatus:
-        if returncode < 0:
-            return cls(128 - returncode, signal.Signals(-returncode).name)
-        return cls(returncode, None if returncode == 0 else f"exit status {returncode}")
+        return cls(-1 if returncode < 0 else returncode)
+
+    def exited_frame(self) -> str:
+        """The ``exited`` control frame, sent before the close (reason only when non-zero)."""
+        if self.code == 0:
+            return control_frame("exited", exitCode=0)
+        return control_frame("exited", exitCode=self.code, exitReason=self._reap_reason())
 
     def close_reason(self) -> str:
+        """The close frame's reason: a Go struct, so ``exitCode`` first."""
+        reason = self._close_reason()
         payload: dict[str, Any] = {"exitCode": self.code}
-        if self.reason:
-            payload["exitReason"] = self.reason
-        return json.dumps(payload)
+        if reason is not None:
+            payload["exitReason"] = reason
+        return json.dumps(payload, separators=(",", ":"))
 
     def close_code(self) -> int:
         return 1000 if self.code == 0 else 1011
+
+    def _reap_reason(self) -> str:
+        code = self.code
+        if code == 137:
+            return "(SIGKILL)"
+        if code == 130:
+            return "(SIGINT - Ctrl+C)"
+        if code == 143:
+            return "(SIGTERM)"
+        if code > 128:
+            return f"(signal {code - 128})"
+        return "(non-zero exit)"
+
+    def _close_reason(self) -> str | None:
+        code = self.code
+        if code == 0:
+            return None
+        if code == 130:
+            return "Ctrl+C"
+        if code == 137:
+            return "SIGKILL"
+        if code == 143:
+            return "SIGTERM"
+        if code > 128:
+            return f"signal {code - 128}"
+        return "non-zero exit"
+
+
+KILLED = ExitStatus(137)
+
+
+class PtyStartError(Exception):
+    """The daemon could not start the shell (sent as an ``error`` control frame)."""
 
 
 class PtyClient:
     """One attached websocket and the queue of frames waiting to be sent to it."""
 
-    def __init__(self, ws: web.WebSocketResponse) -> None:
+    def __init__(self, ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None) -> None:
         self.ws = ws
-        self.exit_control = ws.ws_protocol == EXIT_CONTROL_PROTOCOL
+        self.transport = transport
         self.closing = False
+        self.done = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self._pending = 0
 
@@ -86,17 +145,22 @@ class PtyClient:
         return True
 
     def finish(self, status: ExitStatus) -> None:
-        """Report the shell's exit and close."""
-        if self.exit_control:
-            control = {"type": "control", "status": "exited", "exitCode": status.code}
-            if status.reason:
-                control["exitReason"] = status.reason
-            self.send_text(json.dumps(control))
+        """Report the shell's exit: the ``exited`` frame, then the close.
+
+        The daemon sends the frame whether or not the client offered the
+        ``X-Daytona-Pty-Exit-Control`` subprotocol (it never selects it).
+        """
+        self.send_text(status.exited_frame())
         self.close(status.close_code(), status.close_reason())
 
     def close(self, code: int, reason: str = "") -> None:
         self.closing = True
         self._queue.put_nowait(("close", (code, reason)))
+
+    def drop(self) -> None:
+        """End the TCP connection after what is queued, without a close frame."""
+        self.closing = True
+        self._queue.put_nowait(("drop", None))
 
     def drop_as_slow(self) -> None:
         """Discard what is queued and close with 1008, as the daemon does."""
@@ -106,7 +170,7 @@ class PtyClient:
         self.close(1008, "slow consumer")
 
     async def pump(self) -> None:
-        """Send queued frames until a close is sent or the connection fails."""
+        """Send queued frames until a close is sent, the connection drops or fails."""
         try:
             while True:
                 kind, payload = await self._queue.get()
@@ -115,12 +179,23 @@ class PtyClient:
                     await self.ws.send_bytes(payload)
                 elif kind == "text":
                     await self.ws.send_str(payload)
+                elif kind == "drop":
+                    close_transport(self.transport)
+                    return
                 else:
                     code, reason = payload
                     await self.ws.close(code=code, message=reason.encode())
                     return
         except (ConnectionError, RuntimeError):
             return
+        finally:
+            self.done.set()
+
+
+def close_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Close the TCP connection (FIN after buffered data), as Go's ``conn.Close()`` does."""
+    if transport is not None and not transport.is_closing():
+        transport.close()
 
 
 @dataclass
@@ -136,13 +211,14 @@ class PtySession:
     created_at: str
     clients: set[PtyClient] = field(default_factory=set)
     done: asyncio.Event = field(default_factory=asyncio.Event)
+    ended_by: str | None = None  # "delete" or "sandbox"; None while alive or on its own exit
 
     def info(self) -> dict[str, Any]:
-        """The toolbox's ``PtySessionInfo``."""
+        """The toolbox's ``PtySessionInfo`` (the daemon adds ``TERM`` to the envs)."""
         return {
             "id": self.id,
             "cwd": self.cwd,
-            "envs": dict(self.envs),
+            "envs": {"TERM": "xterm-256color", **self.envs},
             "cols": self.cols,
             "rows": self.rows,
             "createdAt": self.created_at,
@@ -154,9 +230,8 @@ class PtySession:
 class PtyManager:
     """Spawns, tracks and reaps the shells."""
 
-    def __init__(self, now: Callable[[], float], on_activity: Callable[[str], None]) -> None:
+    def __init__(self, now: Callable[[], float]) -> None:
         self._now = now
-        self._on_activity = on_activity
         self._sessions: dict[tuple[str, str], PtySession] = {}
         self._lock = threading.Lock()
         self._watchers: set[asyncio.Task[None]] = set()
@@ -188,9 +263,16 @@ class PtyManager:
         cwd: str | None,
         envs: dict[str, str],
     ) -> PtySession:
-        """Start ``bash -i`` on a fresh pseudo-terminal (call on the event loop)."""
+        """Start ``bash -i`` on a fresh pseudo-terminal (call on the event loop).
+
+        ``cwd`` under ``/home/daytona`` (the sandbox user's home) is the sandbox's own home
+        directory here; another path is taken as it is. Raises :class:`PtyStartError` when it
+        is not a directory, as the daemon fails to start the shell there.
+        """
         home = self._home_for(sandbox_id)
-        workdir = cwd if cwd and os.path.isdir(cwd) else home
+        workdir = _local_workdir(cwd, home)
+        if not os.path.isdir(workdir):
+            raise PtyStartError(f"pty.StartWithSize: chdir {cwd}: no such file or directory")
         master_fd, slave_fd = os.openpty()
         _set_window_size(master_fd, rows, cols)
         try:
@@ -215,7 +297,7 @@ class PtyManager:
             id=session_id,
             process=process,
             master_fd=master_fd,
-            cwd=workdir,
+            cwd=cwd or SANDBOX_HOME,
             envs=dict(envs),
             cols=cols,
             rows=rows,
@@ -239,35 +321,43 @@ class PtyManager:
             except (BlockingIOError, OSError):
                 return
             view = view[written:]
-        self._on_activity(session.sandbox_id)
 
     def resize(self, session: PtySession, cols: int, rows: int) -> None:
         _set_window_size(session.master_fd, rows, cols)
         session.cols, session.rows = cols, rows
 
     def kill_sandbox(self, sandbox_id: str) -> None:
-        """SIGKILL every shell of a sandbox (thread-safe)."""
+        """The sandbox stopped: SIGKILL its shells, drop their clients (thread-safe)."""
         with self._lock:
             doomed = [key for key in self._sessions if key[0] == sandbox_id]
             sessions = [self._sessions.pop(key) for key in doomed]
         for session in sessions:
+            session.ended_by = "sandbox"
             _kill(session)
 
     def kill_all(self) -> None:
-        """SIGKILL every shell (thread-safe)."""
+        """SIGKILL every shell, dropping their clients (thread-safe)."""
         with self._lock:
             sessions = list(self._sessions.values())
             self._sessions.clear()
         for session in sessions:
+            session.ended_by = "sandbox"
             _kill(session)
 
     async def kill(self, session: PtySession) -> None:
-        """SIGKILL one shell and wait until its clients have been told."""
+        """``DELETE``: forget the session, close its clients 1011 with exit code 137, then
+        SIGKILL the shell; returns once the close frames are sent."""
         with self._lock:
             if self._sessions.get((session.sandbox_id, session.id)) is session:
                 del self._sessions[(session.sandbox_id, session.id)]
+        session.ended_by = "delete"
+        clients = list(session.clients)
+        session.clients.clear()
+        for client in clients:
+            client.close(KILLED.close_code(), KILLED.close_reason())
         _kill(session)
-        await session.done.wait()
+        if clients:
+            await asyncio.wait([asyncio.ensure_future(c.done.wait()) for c in clients], timeout=KILL_FLUSH_SECONDS)
 
     async def shutdown(self) -> None:
         """Kill and reap everything, then remove the home directories."""
@@ -307,20 +397,27 @@ class PtyManager:
             if not client.send_output(data):
                 session.clients.discard(client)
                 client.drop_as_slow()
-        self._on_activity(session.sandbox_id)
 
     async def _watch(self, session: PtySession) -> None:
-        """Wait for the shell to end, then flush its output and tell the clients."""
+        """Wait for the shell to end, then flush its output and tell the clients.
+
+        The daemon writes the ``exited`` frame and the close past its send queues, so output
+        still queued can be lost there; the fake delivers it first, to stay deterministic.
+        """
         while session.process.poll() is None:
             await asyncio.sleep(EXIT_POLL_SECONDS)
         loop = asyncio.get_running_loop()
         loop.remove_reader(session.master_fd)
-        for chunk in _drain(session.master_fd):
-            self._broadcast(session, chunk)
+        if session.ended_by is None:
+            for chunk in _drain(session.master_fd):
+                self._broadcast(session, chunk)
         os.close(session.master_fd)
         status = ExitStatus.from_returncode(session.process.returncode)
         for client in list(session.clients):
-            client.finish(status)
+            if session.ended_by == "sandbox":
+                client.drop()
+            else:
+                client.finish(status)
         session.clients.clear()
         with self._lock:
             if self._sessions.get((session.sandbox_id, session.id)) is session:
@@ -329,20 +426,41 @@ class PtyManager:
 
 
 def decode_envs(protocol_header: str | None) -> dict[str, str]:
-    """Envs the SDK sends as an ``X-Daytona-Pty-Envs~<base64url JSON>`` subprotocol."""
+    """Envs the SDK sends as an ``X-Daytona-Pty-Envs~<base64url JSON>`` subprotocol.
+
+    Raises ValueError, worded as the daemon's 400, when the token is malformed (Go's
+    unpadded base64url decoder and a JSON object of strings).
+    """
     for offered in (protocol_header or "").split(","):
         offered = offered.strip()
         if not offered.startswith(ENVS_PROTOCOL_PREFIX):
             continue
         encoded = offered[len(ENVS_PROTOCOL_PREFIX) :]
+        bad = next((i for i, ch in enumerate(encoded) if ch not in _BASE64URL), None)
+        if bad is None and len(encoded) % 4 == 1:
+            bad = len(encoded) - 1
+        if bad is not None:
+            raise ValueError(f"failed to decode PTY envs subprotocol: illegal base64 data at input byte {bad}")
+        raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
         try:
-            raw = base64.urlsafe_b64decode(encoded + "=" * (-len(encoded) % 4))
             envs = json.loads(raw)
-        except ValueError:
-            return {}
-        if isinstance(envs, dict):
-            return {str(k): str(v) for k, v in envs.items()}
+        except ValueError as error:
+            raise ValueError(f"failed to unmarshal PTY envs subprotocol: {error}") from None
+        if not isinstance(envs, dict) or not all(isinstance(v, str) for v in envs.values()):
+            raise ValueError("failed to unmarshal PTY envs subprotocol: json: cannot unmarshal into map[string]string")
+        return dict(envs)
     return {}
+
+
+_BASE64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def _local_workdir(cwd: str | None, home: str) -> str:
+    if not cwd or cwd == "~":
+        return home
+    if cwd == SANDBOX_HOME or cwd.startswith(SANDBOX_HOME + "/"):
+        return home + cwd[len(SANDBOX_HOME) :]
+    return cwd
 
 
 def _shell_environment(home: str, envs: dict[str, str]) -> dict[str, str]:

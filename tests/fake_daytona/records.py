@@ -16,6 +16,7 @@ DEFAULT_SNAPSHOT = "daytonaio/sandbox:0.4.3"
 # Where a transitional state goes when its time is up.
 TRANSITION_TARGET = {
     "creating": "started",
+    "unknown": "started",
     "pulling_snapshot": "started",
     "pending_build": "started",
     "building_snapshot": "started",
@@ -52,8 +53,19 @@ def random_token(length: int) -> str:
 
 @dataclass
 class _Pending:
-    target: str
-    due: float
+    """A transition under way: the states still to enter, each with the time it is due."""
+
+    steps: list[tuple[str, float]]
+    desired: str | None = None  # desiredState kept through the steps (None: each state's own)
+    error_reason: str | None = None  # errorReason set when the last step is an error state
+
+    @property
+    def target(self) -> str:
+        return self.steps[0][0]
+
+    @property
+    def due(self) -> float:
+        return self.steps[0][1]
 
 
 @dataclass
@@ -100,6 +112,14 @@ class PreviewAccess:
     message: str
     sandbox_name: str = ""
     port: int = 0
+
+
+@dataclass
+class _ListGhost:
+    """How a deleted sandbox keeps appearing in the listing for a moment."""
+
+    row: _Sandbox
+    until: float
 
 
 @dataclass

@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 
 from aiohttp import web
 
+from .activity import ActivityPost, SshSession, skips_activity
 from .api import build_api_app
 from .clock import FakeClock, iso
 from .faults import Fault, FaultBook
@@ -18,8 +19,10 @@ from .hooks import add_hook_routes
 from .middleware import FAKE_KEY
 from .preview import add_preview_routes
 from .pty_sessions import PtyManager
+from .ratelimits import RateLimiter
 from .records import ApiError
 from .store import SandboxStore
+from .timings import Timings
 from .toolbox import build_toolbox_app
 
 MAX_RECORDED_REQUESTS = 50_000
@@ -37,6 +40,11 @@ class RecordedRequest(NamedTuple):
     query: dict[str, Any]
     headers: dict[str, str]
 
+    @property
+    def skips_activity(self) -> bool:
+        """Whether it carried ``X-Daytona-Skip-Last-Activity-Update: true``."""
+        return skips_activity(self.headers)
+
 
 class FakeDaytona:
     """An HTTP emulator of Daytona's API, toolbox PTYs and preview proxy.
@@ -47,27 +55,36 @@ class FakeDaytona:
         client = Daytona(DaytonaConfig(api_key="test-key", api_url=fake.api_url, target="us"))
         ...
         fake.stop()
+
+    Transitions take realistic time unless ``timings`` (or ``transition_seconds``) say otherwise.
     """
 
     def __init__(
         self,
         api_key: str = "test-key",
         latency: float = 0.0,
-        transition_seconds: float = 0.0,
+        transition_seconds: float | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
+        timings: Timings | None = None,
     ) -> None:
         self.api_key = api_key
         self.host = host
         self.port = port
         self.latency = float(latency)
-        self.pty_counts_as_activity = True
         self.clock = FakeClock()
         self.faults = FaultBook()
         self.store = SandboxStore(self.clock)
-        self.store.transition_seconds = float(transition_seconds)
+        self.store.timings = timings or Timings.realistic()
+        if transition_seconds is not None:
+            self.transition_seconds = transition_seconds
+        self.rate_limits = RateLimiter(self.clock.time)
+        self.create_answer_after_hold = "current"  # or "as_created" (see api.create_sandbox)
         self.store.on_leave_started = self._on_leave_started
-        self.ptys = PtyManager(now=self.clock.time, on_activity=self._on_pty_activity)
+        self.ptys = PtyManager(now=self.clock.time)
+        self.activity = self.store.activity
+        # Browsers see Daytona's warning page before a preview (organisations can turn it off).
+        self.preview_warning = True
         self._record_lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED_REQUESTS)
@@ -95,13 +112,34 @@ class FakeDaytona:
         return f"{self.url}/toolbox"
 
     @property
-    def transition_seconds(self) -> float:
-        """How long creating/starting/stopping/restoring/destroying last (0: instant)."""
-        return self.store.transition_seconds
+    def timings(self) -> Timings:
+        """How long each transition's phases last (see :mod:`.timings`)."""
+        return self.store.timings
+
+    @timings.setter
+    def timings(self, timings: Timings) -> None:
+        self.store.timings = timings
+
+    @property
+    def transition_seconds(self) -> float | None:
+        """Every transition that long (``Timings.uniform``; 0: instant); None when the
+        timings were set otherwise."""
+        timings = self.store.timings
+        if timings == Timings.instant():
+            return 0.0
+        return timings.create if timings == Timings.uniform(timings.create) else None
 
     @transition_seconds.setter
     def transition_seconds(self, seconds: float) -> None:
-        self.store.transition_seconds = float(seconds)
+        self.store.timings = Timings.uniform(float(seconds))
+
+    def fail_builds_containing(self, text: str, reason: str | None = None) -> None:
+        """New image builds of a Dockerfile containing ``text`` end in ``build_failed``."""
+        self.store.builds.fail_builds_containing(text, reason)
+
+    def set_rate_limit(self, group: str, limit: int | None) -> None:
+        """Requests per minute of one group of :mod:`.ratelimits` (None: unlimited)."""
+        self.rate_limits.set_limit(group, limit)
 
     @property
     def ssh_host(self) -> str:
@@ -122,13 +160,41 @@ class FakeDaytona:
         self.store.ssh_port = int(port)
 
     @property
+    def activity_switches(self) -> dict[str, bool]:
+        """Which activity posts happen, by source (a live dict; ``False`` turns one off for
+        requests and connections opened afterwards): ``toolbox`` (toolbox HTTP calls),
+        ``pty`` (PTY websocket upgrades and their 50 s re-posts), ``preview`` (preview page
+        loads), ``ssh`` (emulated SSH sessions, every 45 s), ``explicit``
+        (``POST /sandbox/{id}/last-activity``). State changes always count."""
+        return self.activity.switches
+
+    @property
+    def pty_counts_as_activity(self) -> bool:
+        """``activity_switches["pty"]``."""
+        return self.activity.switches["pty"]
+
+    @pty_counts_as_activity.setter
+    def pty_counts_as_activity(self, value: bool) -> None:
+        self.activity.switches["pty"] = bool(value)
+
+    @property
     def preview_counts_as_activity(self) -> bool:
-        """Whether opening a preview page moves ``lastActivityAt``."""
-        return self.store.preview_counts_as_activity
+        """``activity_switches["preview"]``."""
+        return self.activity.switches["preview"]
 
     @preview_counts_as_activity.setter
     def preview_counts_as_activity(self, value: bool) -> None:
-        self.store.preview_counts_as_activity = bool(value)
+        self.activity.switches["preview"] = bool(value)
+
+    @property
+    def proxy_activity_cache_seconds(self) -> float:
+        """How long the proxy skips posting again for a sandbox it posted for (45 s; 0 makes
+        every proxied request post)."""
+        return self.activity.proxy_cache_seconds
+
+    @proxy_activity_cache_seconds.setter
+    def proxy_activity_cache_seconds(self, seconds: float) -> None:
+        self.activity.proxy_cache_seconds = max(0.0, float(seconds))
 
     # ----- running ----------------------------------------------------------------------
 
@@ -190,7 +256,13 @@ class FakeDaytona:
         ``seconds``, default 30); ``commit_then_reset`` (effect happens, connection dropped);
         ``bad_shape`` (effect happens, success answer malformed: ``status=201``,
         ``drop="kvm"``, ``set={"cpu": 1.5}`` or ``body=""``; default 201 for create, an
-        empty 200 otherwise). For ``pty_create``/``pty_connect`` after the upgrade:
+        empty 200 otherwise). For ``create``, ``start`` and ``recover``: ``ends_in_error``
+        (accepted, but the transition ends in ``error``, or ``build_failed`` for an image
+        build, which then runs even if the Dockerfile was built before; errorReason =
+        ``message``; a held create or start then answers 400 "Sandbox failed to start:
+        <reason>"). Rate limits are not faults: see ``set_rate_limit``; a ``status`` or
+        ``bad_shape`` answer carries no rate-limit header but the fault's.
+        For ``pty_create``/``pty_connect`` after the upgrade:
         ``no_connected``, ``error_frame``, ``close_no_reason``, ``slow_consumer``,
         ``exit`` (``exit_code=N``).
         """
@@ -231,6 +303,7 @@ class FakeDaytona:
             "ssh_tokens_by_sandbox": by_sandbox,
             "live_signed_previews": self.store.live_signed_previews(),
             "pty_sessions": self.ptys.count(),
+            "activity_connections": self.activity.open_connections(),
             "socket_io_hits": self._socket_io_hits,
             "pending_faults": self.faults.pending(),
             "now": iso(self.clock.time()),
@@ -322,12 +395,36 @@ class FakeDaytona:
         """One auto-stop pass; returns the ids of the sandboxes it stopped or deleted."""
         return self.store.run_autostop()
 
+    # ----- activity -----------------------------------------------------------------------
+
+    def activity_posts(self, sandbox_id: str) -> list[ActivityPost]:
+        """Every activity post for a sandbox so far, periodic re-posts up to now included,
+        each ``accepted``, ``throttled`` or ``cached`` (see :mod:`.activity`)."""
+        return self.activity.posts(sandbox_id)
+
+    def open_ssh_session(self, sandbox_id: str) -> SshSession:
+        """Emulate a session on Daytona's SSH gateway: it posts activity now and every 45 s
+        until ``close()`` (or the sandbox stops), even if nobody types. Raises KeyError for
+        an unknown sandbox, ValueError for one that is not started (the gateway refuses)."""
+        state = self.store.state_of(sandbox_id)
+        if state is None:
+            raise KeyError(sandbox_id)
+        if state != "started":
+            raise ValueError(f"sandbox {sandbox_id} is not started (state: {state})")
+        return SshSession(self.activity, sandbox_id, self.activity.open_connection(sandbox_id, "ssh"))
+
+    def close_ssh_session(self, session_id: int) -> None:
+        """End an emulated SSH session by its id (``SshSession.id``)."""
+        self.activity.close(session_id)
+
     def reset(self) -> None:
-        """Forget all sandboxes, faults, counters, tokens and clock offset; kill all shells."""
+        """Forget all sandboxes, built images, faults, counters (rate limits' too), tokens and
+        clock offset; kill all shells. Settings (timings, limits, failing builds) stay."""
         self.store.reset()
         self.ptys.kill_all()
         self.faults.clear()
         self.clock.reset()
+        self.rate_limits.clear()
         with self._record_lock:
             self._calls.clear()
             self._requests.clear()
@@ -359,11 +456,9 @@ class FakeDaytona:
             await asyncio.wait_for(self._closing.wait(), timeout=seconds)
 
     def _on_leave_started(self, sandbox_id: str) -> None:
+        # The container stops: its shells die and every proxied or SSH connection ends.
         self.ptys.kill_sandbox(sandbox_id)
-
-    def _on_pty_activity(self, sandbox_id: str) -> None:
-        if self.pty_counts_as_activity:
-            self.store.touch(sandbox_id)
+        self.activity.end_sandbox(sandbox_id)
 
     # ----- event loop -------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ from typing import Any
 
 from .clock import iso
 from .core import StoreCore
-from .records import ApiError, PreviewAccess, _Sandbox, _SignedPreview, _SshToken, random_token
+from .records import ApiError, _SignedPreview, _SshToken, random_token
 
 DEFAULT_SSH_MINUTES = 60
 DEFAULT_SIGNED_SECONDS = 60
@@ -100,13 +100,14 @@ class TokensMixin(StoreCore):
             }
 
     def expire_signed_preview(self, id_or_name: str, port_raw: str, token: str) -> None:
+        """Forget ``<port>:<token>``: the API deletes that key whether or not it exists, and
+        never checks that the token is this sandbox's (only that the sandbox is)."""
         with self._lock:
-            sb = self._require(id_or_name)
+            self._require(id_or_name)
             port = _port(port_raw)
             signed = self._signed.get(token)
-            if signed is None or signed.sandbox_id != sb.id or signed.port != port:
-                raise ApiError(404, "Signed preview URL not found")
-            signed.revoked = True
+            if signed is not None and signed.port == port:
+                signed.revoked = True
 
     def toolbox_proxy_url(self, id_or_name: str) -> dict[str, Any]:
         with self._lock:
@@ -125,43 +126,42 @@ class TokensMixin(StoreCore):
             "sshCommand": f"ssh {port_part}{access.token}@{self.ssh_host}",
         }
 
-    # ----- preview proxy ----------------------------------------------------------------
+    # ----- what the preview proxy asks the API ---------------------------------------
 
-    def open_signed_preview(self, token: str) -> PreviewAccess:
+    def signed_preview_sandbox(self, token: str) -> str | None:
+        """The sandbox a signed token opens while neither expired nor expired early, else None.
+
+        Independent of the sandbox's state, as the token is a key with a TTL in Redis.
+        """
         with self._lock:
             signed = self._signed.get(token)
-            if signed is None:
-                return PreviewAccess(403, "Invalid preview token")
-            if signed.revoked or signed.expires <= self.clock.time():
-                return PreviewAccess(410, "This preview link has expired")
-            sb = self._find_by_id(signed.sandbox_id)
-            if sb is None:
-                return PreviewAccess(410, "This sandbox no longer exists")
-            if sb.state != "started":
-                return PreviewAccess(409, f"Sandbox is not running (state: {sb.state})")
-            self._preview_visited(sb)
-            return PreviewAccess(200, "ok", sandbox_name=sb.data["name"], port=signed.port)
+            if signed is None or signed.revoked or signed.expires <= self.clock.time():
+                return None
+            return signed.sandbox_id
 
-    def open_standard_preview(self, sandbox_id: str, port: int, token: str | None) -> PreviewAccess:
+    def signed_preview_port(self, token: str) -> int | None:
+        """The port a signed token was minted for (also once expired), None if never seen.
+
+        The real port is in the link's hostname; the fake's ``/preview/<token>/`` has none.
+        """
         with self._lock:
-            sb = self._find_by_id(sandbox_id)
-            if sb is None:
-                return PreviewAccess(404, "Sandbox not found")
-            if not token or token != sb.preview_token:
-                return PreviewAccess(401, "Missing or invalid preview token")
-            if sb.state != "started":
-                return PreviewAccess(409, f"Sandbox is not running (state: {sb.state})")
-            self._preview_visited(sb)
-            return PreviewAccess(200, "ok", sandbox_name=sb.data["name"], port=port)
+            signed = self._signed.get(token)
+            return signed.port if signed is not None else None
 
     def preview_token_of(self, sandbox_id: str) -> str | None:
         with self._lock:
             sb = self._find_by_id(sandbox_id)
             return sb.preview_token if sb else None
 
-    def _preview_visited(self, sb: _Sandbox) -> None:
-        if self.preview_counts_as_activity:
-            sb.last_activity = self.clock.time()
+    def sandbox_name_of(self, sandbox_id: str) -> str | None:
+        with self._lock:
+            sb = self._find_by_id(sandbox_id)
+            return sb.data["name"] if sb else None
+
+    def is_public(self, sandbox_id: str) -> bool:
+        with self._lock:
+            sb = self._find_by_id(sandbox_id)
+            return bool(sb and sb.data.get("public"))
 
 
 def _port(raw: str) -> int:
@@ -187,7 +187,7 @@ def _positive_int(raw: str | None, default: int, name: str) -> int:
 
 
 def _signed_lifetime(raw: str | None) -> int:
-    message = f"expiresInSeconds must be between 1 and {MAX_SIGNED_SECONDS}"
+    message = "expiresInSeconds must be between 1 second and 24 hours"
     if raw is None or raw == "":
         return DEFAULT_SIGNED_SECONDS
     try:

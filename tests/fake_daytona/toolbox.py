@@ -1,4 +1,13 @@
-"""The in-sandbox toolbox API under ``/toolbox/<sandboxId>``: PTY sessions only."""
+"""The toolbox under ``/toolbox/<sandboxId>``: Daytona's proxy and runner in front, the
+sandbox daemon's PTY API behind them.
+
+Every request first meets the proxy (:mod:`.proxy`): authentication (401 once the sandbox
+is destroyed), the runner lookup (400 for an archived sandbox), an activity post unless the
+request carries ``X-Daytona-Skip-Last-Activity-Update: true`` (a websocket keeps re-posting
+while open), then the runner's check that the container has an IP (400 when it is stopped).
+Only a started sandbox's requests reach the daemon, which answers ``{"error": ...}``.
+The daemon's routes and words are those of ``apps/daemon/pkg/toolbox/process/pty``.
+"""
 
 from __future__ import annotations
 
@@ -9,33 +18,48 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from .activity import skips_activity
 from .faults import Fault
-from .middleware import (
-    FAKE_KEY,
-    WEBSOCKET_FAULT_KEY,
-    ApiResult,
-    error_response,
-    fake_of,
-    make_middleware,
-    operation,
+from .middleware import FAKE_KEY, WEBSOCKET_FAULT_KEY, ApiResult, _answer, _apply_fault, fake_of, operation
+from .proxy import (
+    ProxyRefusal,
+    check_key_or_preview_token,
+    runner_info_refusal,
+    runner_refusal,
+    unauthorized,
 )
 from .pty_sessions import (
     CONNECTED_FRAME,
-    EXIT_CONTROL_PROTOCOL,
     ExitStatus,
     PtyClient,
     PtyManager,
     PtySession,
+    PtyStartError,
+    close_transport,
+    control_frame,
     decode_envs,
 )
-from .records import ApiError
 
 MAX_DIMENSION = 1000
+READ_LIMIT = 64 * 1024  # the daemon's websocket read limit; a bigger input frame closes 1009
+WEBSOCKET_OPERATIONS = frozenset({"pty_create", "pty_connect"})
+
+
+class DaemonError(Exception):
+    """A refusal in the daemon's shape: ``{"error": message}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+    def response(self) -> web.Response:
+        return web.json_response({"error": self.message}, status=self.status)
 
 
 def build_toolbox_app(fake: Any) -> web.Application:
     """The sub-application mounted at ``/toolbox``."""
-    app = web.Application(middlewares=[make_middleware(with_latency=False)])
+    app = web.Application(middlewares=[_through_proxy])
     app[FAKE_KEY] = fake
     add = app.router.add_route
     add("GET", "/{sandbox}/process/pty/create-connect", create_and_connect)
@@ -44,141 +68,271 @@ def build_toolbox_app(fake: Any) -> web.Application:
     add("GET", "/{sandbox}/process/pty/{session}", session_info)
     add("POST", "/{sandbox}/process/pty/{session}/resize", resize)
     add("DELETE", "/{sandbox}/process/pty/{session}", kill)
-    add("*", "/{tail:.*}", unknown_route)
+    add("*", "/{sandbox}/{tail:.*}", unknown_daemon_route)
+    add("*", "/{tail:.*}", no_sandbox_path)
     return app
+
+
+@web.middleware
+async def _through_proxy(request: web.Request, handler: Any) -> web.StreamResponse:
+    """Record the request, then play the proxy and the runner before the daemon's handler."""
+    fake = fake_of(request)
+    name = getattr(request.match_info.handler, "operation", None)
+    if name is None:
+        return await handler(request)
+    fake._record(name, request)
+    sandbox_id = request.match_info["sandbox"]
+    try:
+        errors = check_key_or_preview_token(fake, request, sandbox_id)
+        if errors is not None:
+            raise unauthorized(errors)
+        refusal = runner_info_refusal(fake, sandbox_id)
+        if refusal is not None:
+            raise refusal
+        connection = None
+        if not skips_activity(request.headers):
+            source = "pty" if name in WEBSOCKET_OPERATIONS else "toolbox"
+            connection = fake.activity.open_connection(sandbox_id, source)
+        try:
+            refusal = runner_refusal(fake, sandbox_id, _runner_path(request, sandbox_id))
+            if refusal is not None:
+                raise refusal
+            return await _daemon(request, handler, fake, name)
+        finally:
+            # The proxy's re-posts stop when the request ends (for a websocket: when it closes).
+            fake.activity.close(connection)
+    except ProxyRefusal as refusal:
+        return refusal.response(request, fake.clock.time())
+
+
+async def _daemon(request: web.Request, handler: Any, fake: Any, name: str) -> web.StreamResponse:
+    async def daemon_handler(request: web.Request) -> Any:
+        try:
+            return await handler(request)
+        except DaemonError as error:
+            return error.response()
+
+    fault = fake.faults.take(name)
+    if fault is None:
+        return await _answer(request, daemon_handler)
+    return await _apply_fault(request, daemon_handler, fault, fake, name)
+
+
+def _runner_path(request: web.Request, sandbox_id: str) -> str:
+    """The path the runner sees: ``/sandboxes/<id>/toolbox/<rest>``."""
+    rest = request.path[len(f"/toolbox/{sandbox_id}") :]
+    return f"/sandboxes/{sandbox_id}/toolbox{rest}"
 
 
 def _ptys(request: web.Request) -> PtyManager:
     return fake_of(request).ptys
 
 
-def _started_sandbox(request: web.Request) -> str:
-    """The sandbox id from the path; refuse unless the sandbox is running."""
-    sandbox_id = request.match_info["sandbox"]
-    state = fake_of(request).store.state_of(sandbox_id)
-    if state is None:
-        raise ApiError(404, f"Sandbox with ID {sandbox_id} not found")
-    if state != "started":
-        raise ApiError(409, f"Sandbox is not started (state: {state})")
-    return sandbox_id
+def _sandbox_id(request: web.Request) -> str:
+    return request.match_info["sandbox"]
 
 
-def _session(request: web.Request) -> PtySession:
-    sandbox_id = _started_sandbox(request)
-    session_id = request.match_info["session"]
-    session = _ptys(request).get(sandbox_id, session_id)
-    if session is None:
-        raise ApiError(404, f"PTY session {session_id} not found")
-    return session
-
-
-def _dimension(raw: Any, default: int, name: str) -> int:
-    if raw is None or raw == "":
+def _query_dimension(raw: str | None, default: int) -> int:
+    """Go's ``strconv.ParseUint(s, 10, 16)``, falling back to the default on any error."""
+    if not raw or not raw.isascii() or not raw.isdigit():
         return default
-    if isinstance(raw, bool):
-        raise ApiError(400, f"{name} must be an integer")
-    try:
-        value = int(raw)
-    except (TypeError, ValueError):
-        raise ApiError(400, f"{name} must be an integer") from None
-    if not 1 <= value <= MAX_DIMENSION:
-        raise ApiError(400, f"{name} must be between 1 and {MAX_DIMENSION}")
-    return value
+    value = int(raw)
+    return value if value <= 0xFFFF else default
 
 
-async def unknown_route(request: web.Request) -> web.Response:
-    return error_response(request, 404, f"Cannot {request.method} {request.path}")
+@operation("toolbox_other")
+async def unknown_daemon_route(request: web.Request) -> web.Response:
+    """Routes the fake does not emulate get gin's default 404."""
+    return web.Response(status=404, text="404 page not found", content_type="text/plain")
+
+
+async def no_sandbox_path(request: web.Request) -> web.Response:
+    """``/toolbox/<id>`` without a path: the proxy's own 404."""
+    fake = fake_of(request)
+    return ProxyRefusal(404, "not found: not found").response(request, fake.clock.time())
 
 
 @operation("pty_create")
 async def create_and_connect(request: web.Request) -> web.StreamResponse:
-    sandbox_id = _started_sandbox(request)
+    """``GET /process/pty/create-connect?id=&cols=&rows=[&cwd=]``: refuse before the upgrade
+    (400, 409), or upgrade and start the shell (a failure now is an ``error`` frame)."""
+    sandbox_id = _sandbox_id(request)
     query = request.query
     session_id = query.get("id", "")
     if not session_id:
-        raise ApiError(400, "id is required")
-    cols = _dimension(query.get("cols"), 80, "cols")
-    rows = _dimension(query.get("rows"), 24, "rows")
+        raise DaemonError(400, "session ID is required (query param 'id')")
     ptys = _ptys(request)
     if ptys.get(sandbox_id, session_id) is not None:
-        raise ApiError(409, f"PTY session {session_id} already exists")
-    envs = decode_envs(request.headers.get("Sec-WebSocket-Protocol"))
-    ws = await _upgrade(request)
+        raise DaemonError(409, f"PTY session with ID '{session_id}' already exists")
+    cols = _query_dimension(query.get("cols"), 80)
+    rows = _query_dimension(query.get("rows"), 24)
+    if cols > MAX_DIMENSION or rows > MAX_DIMENSION:
+        raise DaemonError(400, "cols and rows must be less than 1000")
+    try:
+        envs = decode_envs(request.headers.get("Sec-WebSocket-Protocol"))
+    except ValueError as error:
+        raise DaemonError(400, f"invalid envs subprotocol: {error}") from None
+    ws, transport = await _upgrade(request)
+    if ws is None:
+        return _not_a_websocket()
     fault = request.get(WEBSOCKET_FAULT_KEY)
     if fault is not None:
-        return await _misbehave(ws, fault)
+        return await _misbehave(ws, transport, fault)
     if ptys.get(sandbox_id, session_id) is not None:
-        return await _refuse_after_upgrade(ws, f"PTY session {session_id} already exists")
-    session = ptys.spawn(sandbox_id, session_id, cols=cols, rows=rows, cwd=query.get("cwd"), envs=envs)
-    return await _serve(ws, session, request)
+        message = f"Failed to start PTY session: PTY session with ID '{session_id}' already exists"
+        return await _refuse_after_upgrade(ws, transport, message)
+    try:
+        session = ptys.spawn(sandbox_id, session_id, cols=cols, rows=rows, cwd=query.get("cwd"), envs=envs)
+    except PtyStartError as error:
+        return await _refuse_after_upgrade(ws, transport, f"Failed to start PTY session: {error}")
+    if not fake_of(request).store.is_started(sandbox_id):
+        ptys.kill_sandbox(sandbox_id)  # it stopped during the upgrade: the shell dies with it
+    return await _serve(ws, transport, session, request)
 
 
 @operation("pty_connect")
 async def connect(request: web.Request) -> web.StreamResponse:
-    sandbox_id = _started_sandbox(request)
+    """``GET /process/pty/{id}/connect``: always upgrades; an unknown or ended session gets an
+    ``error`` frame and the connection dropped without a close frame."""
     session_id = request.match_info["session"]
-    session = _ptys(request).get(sandbox_id, session_id)
-    ws = await _upgrade(request)
+    ws, transport = await _upgrade(request)
+    if ws is None:
+        return _not_a_websocket()
     fault = request.get(WEBSOCKET_FAULT_KEY)
     if fault is not None:
-        return await _misbehave(ws, fault)
+        return await _misbehave(ws, transport, fault)
+    session = _ptys(request).get(_sandbox_id(request), session_id)
     if session is None:
-        return await _refuse_after_upgrade(ws, f"PTY session {session_id} not found")
-    return await _serve(ws, session, request)
+        message = f"Failed to connect to PTY session: PTY session {session_id} not found"
+        return await _refuse_after_upgrade(ws, transport, message)
+    return await _serve(ws, transport, session, request)
 
 
 @operation("pty_list")
 async def list_sessions(request: web.Request) -> ApiResult:
-    sandbox_id = _started_sandbox(request)
-    return ApiResult({"sessions": [s.info() for s in _ptys(request).list(sandbox_id)]})
+    return ApiResult({"sessions": [s.info() for s in _ptys(request).list(_sandbox_id(request))]})
 
 
 @operation("pty_info")
 async def session_info(request: web.Request) -> ApiResult:
-    return ApiResult(_session(request).info())
+    session = _ptys(request).get(_sandbox_id(request), request.match_info["session"])
+    if session is None:
+        raise DaemonError(404, "PTY session not found")
+    return ApiResult(session.info())
 
 
 @operation("pty_resize")
 async def resize(request: web.Request) -> ApiResult:
-    session = _session(request)
-    try:
-        body = await request.json()
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ApiError(400, "Request body must be valid JSON") from None
-    if not isinstance(body, dict):
-        raise ApiError(400, "Request body must be an object")
-    cols = _dimension(body.get("cols"), session.cols, "cols")
-    rows = _dimension(body.get("rows"), session.rows, "rows")
-    _ptys(request).resize(session, cols, rows)
+    """``POST /process/pty/{id}/resize`` with both ``cols`` and ``rows`` in 1..1000 (gin's
+    binding and validator words), 410 for a session that is unknown or has ended."""
+    cols, rows = _resize_body(await request.read())
+    session_id = request.match_info["session"]
+    ptys = _ptys(request)
+    session = ptys.get(_sandbox_id(request), session_id)
+    if session is None or session.done.is_set():
+        raise DaemonError(410, f"PTY session {session_id} not found")
+    ptys.resize(session, cols, rows)
     return ApiResult(session.info())
 
 
 @operation("pty_kill")
 async def kill(request: web.Request) -> ApiResult:
-    session = _session(request)
-    await _ptys(request).kill(session)
-    return ApiResult({"message": f"PTY session {session.id} killed"})
+    ptys = _ptys(request)
+    session = ptys.get(_sandbox_id(request), request.match_info["session"])
+    if session is None:
+        raise DaemonError(404, "PTY session not found")
+    await ptys.kill(session)
+    return ApiResult({"message": "PTY session deleted"})
 
 
-async def _refuse_after_upgrade(ws: web.WebSocketResponse, message: str) -> web.WebSocketResponse:
-    """The daemon's way to refuse once upgraded: an error control frame, then close."""
-    await ws.send_str(json.dumps({"type": "control", "status": "error", "error": message}))
-    await ws.close(code=1011, message=b"error")
-    return ws
+def _resize_body(raw: bytes) -> tuple[int, int]:
+    text = raw.decode("utf-8", errors="replace").strip()
+    if not text:
+        raise DaemonError(400, "EOF")
+    try:
+        body = json.loads(text)
+    except json.JSONDecodeError:
+        raise DaemonError(400, f"invalid character {text[0]!r} looking for beginning of value") from None
+    if not isinstance(body, dict):
+        raise DaemonError(400, f"json: cannot unmarshal {_go_kind(body)} into Go value of type pty.PTYResizeRequest")
+    values = {}
+    for key in ("cols", "rows"):
+        value = body.get(key)
+        if value is None:
+            value = 0  # absent or null: the zero value, which ``required`` refuses below
+        elif isinstance(value, (bool, str, list, dict)):
+            raise DaemonError(400, _unmarshal_error(_go_kind(value), key))
+        elif value != int(value) or not 0 <= value <= 0xFFFF:
+            raise DaemonError(400, _unmarshal_error(f"number {value}", key))
+        values[key] = int(value)
+    failures = [
+        f"Key: 'PTYResizeRequest.{key.title()}' Error:Field validation for '{key.title()}' failed on the '{tag}' tag"
+        for key in ("cols", "rows")
+        for tag in ["required" if values[key] == 0 else "max" if values[key] > MAX_DIMENSION else ""]
+        if tag
+    ]
+    if failures:
+        raise DaemonError(400, "\n".join(failures))
+    return values["cols"], values["rows"]
 
 
-async def _upgrade(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(protocols=(EXIT_CONTROL_PROTOCOL,), max_msg_size=0)
+def _unmarshal_error(kind: str, key: str) -> str:
+    return f"json: cannot unmarshal {kind} into Go struct field PTYResizeRequest.{key} of type uint16"
+
+
+def _go_kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, list):
+        return "array"
+    if isinstance(value, dict):
+        return "object"
+    return "number"
+
+
+def _not_a_websocket() -> web.Response:
+    """gorilla's answer when the request is no websocket handshake."""
+    return web.Response(status=400, text="Bad Request\n", headers={"Sec-Websocket-Version": "13"})
+
+
+async def _upgrade(request: web.Request) -> tuple[web.WebSocketResponse | None, asyncio.BaseTransport | None]:
+    """Accept the handshake selecting no subprotocol (the daemon selects only an SDK-version
+    one, which the Python SDK does not offer)."""
+    if request.headers.get("Upgrade", "").lower() != "websocket":
+        return None, None
+    transport = request.transport
+    ws = web.WebSocketResponse(max_msg_size=READ_LIMIT)
     await ws.prepare(request)
+    return ws, transport
+
+
+async def _refuse_after_upgrade(
+    ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, message: str
+) -> web.WebSocketResponse:
+    """The daemon's way to refuse once upgraded: an ``error`` frame, then ``conn.Close()``
+    (the TCP connection ends, no close frame)."""
+    with contextlib.suppress(ConnectionError, RuntimeError):
+        await ws.send_str(control_frame("error", error=message))
+    close_transport(transport)
     return ws
 
 
-async def _serve(ws: web.WebSocketResponse, session: PtySession, request: web.Request) -> web.WebSocketResponse:
-    """Attach a client: output flows out, input frames go to the terminal."""
+async def _serve(
+    ws: web.WebSocketResponse,
+    transport: asyncio.BaseTransport | None,
+    session: PtySession,
+    request: web.Request,
+) -> web.WebSocketResponse:
+    """Attach a client: output flows out, input frames (text or binary) go to the terminal."""
     fake = fake_of(request)
-    client = PtyClient(ws)
+    client = PtyClient(ws, transport)
     client.send_text(CONNECTED_FRAME)
     session.clients.add(client)
+    if session.done.is_set():  # it ended while this client attached
+        session.clients.discard(client)
+        client.drop()
     pump = asyncio.create_task(client.pump())
     try:
         async for message in ws:
@@ -202,7 +356,9 @@ async def _finish_pump(pump: asyncio.Task[None], client: PtyClient) -> None:
         await pump
 
 
-async def _misbehave(ws: web.WebSocketResponse, fault: Fault) -> web.WebSocketResponse:
+async def _misbehave(
+    ws: web.WebSocketResponse, transport: asyncio.BaseTransport | None, fault: Fault
+) -> web.WebSocketResponse:
     """Websocket-level faults, played without spawning a shell."""
     kind = fault.kind
     if kind == "no_connected":
@@ -210,16 +366,14 @@ async def _misbehave(ws: web.WebSocketResponse, fault: Fault) -> web.WebSocketRe
             pass
         return ws
     if kind == "error_frame":
-        return await _refuse_after_upgrade(ws, fault.message or "PTY session failed")
+        return await _refuse_after_upgrade(ws, transport, fault.message or "PTY session failed")
     await ws.send_str(CONNECTED_FRAME)
     if kind == "close_no_reason":
         await ws.close(code=1011)
     elif kind == "slow_consumer":
         await ws.close(code=1008, message=b"slow consumer")
     elif kind == "exit":
-        code = int(fault.options.get("exit_code", 1))
-        status = ExitStatus(code, fault.message or (f"exit status {code}" if code else None))
-        client = PtyClient(ws)
-        client.finish(status)
+        client = PtyClient(ws, transport)
+        client.finish(ExitStatus(int(fault.options.get("exit_code", 1))))
         await client.pump()
     return ws

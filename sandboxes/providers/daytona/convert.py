@@ -47,9 +47,23 @@ HEADING_TO_RUNNING = frozenset({RemoteState.STARTING, RemoteState.STARTED})
 HEADING_TO_REST = frozenset({RemoteState.STOPPING}) | AT_REST
 
 
-def remote_state(daytona_state: str) -> RemoteState:
-    """The portal's state for a Daytona state word (``destroyed`` means gone: see callers)."""
-    return _REMOTE_STATES.get(daytona_state, RemoteState.UNKNOWN)
+def remote_state(daytona_state: str, desired_state: str = "") -> RemoteState:
+    """The portal's state for a Daytona state word and the state Daytona is taking it to
+    (``destroyed`` means gone: see callers).
+
+    The desired state wins where a change was accepted but the state word has not moved yet:
+    any state with ``desiredState: destroyed`` is being destroyed (an archived sandbox keeps
+    the word ``archived`` until it is gone), and a stopped or archived sandbox asked to start is
+    starting (an archived one shows ``archived`` until its restore begins).
+    """
+    state = _REMOTE_STATES.get(daytona_state, RemoteState.UNKNOWN)
+    if desired_state == "destroyed":
+        return RemoteState.DESTROYING
+    if desired_state == "started" and state in (RemoteState.STOPPED, RemoteState.ARCHIVED):
+        return RemoteState.STARTING
+    if desired_state in ("stopped", "archived") and state is RemoteState.STARTED:
+        return RemoteState.STOPPING
+    return state
 
 
 def state_word(state: Any) -> str:
@@ -57,11 +71,13 @@ def state_word(state: Any) -> str:
 
 
 def remote_sandbox(dto: Any) -> RemoteSandbox:
+    """A sandbox (the API's DTO, a list item or the SDK's ``Sandbox``) in the portal's terms."""
     word = state_word(dto.state)
+    desired = state_word(getattr(dto, "desired_state", None) or "")
     return RemoteSandbox(
         id=dto.id,
         name=dto.name,
-        state=remote_state(word),
+        state=remote_state(word, "" if desired == "unknown" else desired),
         labels=dict(dto.labels or {}),
         backend_state=word,
         cpu=dto.cpu,
@@ -69,6 +85,7 @@ def remote_sandbox(dto: Any) -> RemoteSandbox:
         disk_gb=dto.disk,
         error_reason=dto.error_reason or "",
         recoverable=bool(dto.recoverable),
+        build_failed=word == "build_failed",
         last_activity_at=timestamp(dto.last_activity_at),
         created_at=timestamp(dto.created_at),
     )

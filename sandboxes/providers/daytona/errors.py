@@ -24,13 +24,38 @@ from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any
 
+import httpx
+import httpx_ws
+import pydantic
 import urllib3.exceptions
 from daytona import DaytonaError
-from daytona_api_client.exceptions import ApiException
+from daytona_api_client.exceptions import ApiException, OpenApiException
+from daytona_toolbox_api_client.exceptions import OpenApiException as ToolboxApiException
 
 from ..base import ErrorKind, ProviderError
 
 logger = logging.getLogger(__name__)
+
+
+class EmptyAnswer(Exception):
+    """A call that succeeded without the body the SDK declares for it: an unexpected answer."""
+
+
+# What a call to Daytona through the SDK can fail with: the SDK's own errors, the generated
+# clients' (a refusal, a body that does not validate), and the transports'. Anything else raised
+# around a call is a bug of the portal's and leaves as itself.
+SDK_FAILURES: tuple[type[BaseException], ...] = (
+    DaytonaError,
+    OpenApiException,
+    ToolboxApiException,
+    pydantic.ValidationError,
+    urllib3.exceptions.HTTPError,
+    http.client.HTTPException,
+    httpx.HTTPError,
+    httpx_ws.HTTPXWSException,
+    OSError,
+    EmptyAnswer,
+)
 
 FIRST_BACKOFF_SECONDS = 0.25
 MAX_SERVER_MESSAGE = 200

@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 
 import urllib3
 from daytona import Daytona, DaytonaConfig
-from daytona_api_client import SandboxApi
+from daytona_api_client import SandboxApi, SandboxListSortDirection, SandboxListSortField
 
 from ..base import (
     Capability,
@@ -46,7 +46,6 @@ from ..base import (
     SandboxSpec,
     SignedLink,
     SshAccess,
-    TerminalSession,
 )
 from .convert import (
     AT_REST,
@@ -55,14 +54,12 @@ from .convert import (
     RUNNING,
     create_request,
     remote_sandbox,
-    remote_state,
     sandbox_page,
     signed_link,
     ssh_access,
-    state_word,
 )
-from .errors import Backoff, gone_is_done, log_failure, provider_error
-from .terminal import attach
+from .errors import SDK_FAILURES, Backoff, EmptyAnswer, gone_is_done, log_failure, provider_error
+from .terminal import Toolbox
 
 logger = logging.getLogger(__name__)
 
@@ -73,12 +70,16 @@ FIRST_POLL_SECONDS = 0.1
 POLL_GROWTH = 1.25  # a wait overshoots the transition by at most a quarter of its length
 MAX_POLL_SECONDS = 1.0
 POOL_THREADS = 32  # for the concurrent calls of mint_access and revoke_access
+SKIP_ACTIVITY_HEADER = "X-Daytona-Skip-Last-Activity-Update"
 
 
-class DaytonaProvider(SandboxProvider):
+class DaytonaProvider(Toolbox, SandboxProvider):
     """Daytona sandboxes. One SDK client per instance, built on first use; thread-safe."""
 
     name = "daytona"
+    # Daytona's SSH gateway and preview proxy are its own doors: their use shows only in its
+    # lastActivityAt, which the portal's own toolbox traffic leaves alone (see _connect).
+    capabilities = frozenset({Capability.OUTSIDE_ACTIVITY})
 
     def __init__(
         self,
@@ -149,10 +150,12 @@ class DaytonaProvider(SandboxProvider):
         # A hosted create may hold the response until the sandbox runs, so the read timeout
         # stretches to the caller's wait instead of declaring the outcome unknown early.
         read_timeout = max(self._http_timeout, float(wait_seconds))
-        sandbox = self._call(
-            "create",
-            lambda: remote_sandbox(self._api.create_sandbox(request, _request_timeout=read_timeout)),
-            idempotent=False,
+        sandbox = remote_sandbox(
+            self._call(
+                "create",
+                lambda: self._api.create_sandbox(request, _request_timeout=read_timeout),
+                idempotent=False,
+            )
         )
         logger.info("Daytona sandbox %s created (%s)", sandbox.id, sandbox.backend_state)
         return self._wait_for(sandbox, RUNNING, deadline)
@@ -174,8 +177,19 @@ class DaytonaProvider(SandboxProvider):
         return self._wait_for(sandbox, RUNNING, deadline)
 
     def delete(self, remote_id: str) -> None:
-        with gone_is_done():
+        """Idempotent as the contract says: Daytona answers a second delete 409 while the
+        sandbox is being destroyed and 404 once it is gone; both mean it is done."""
+        try:
             self._call("delete", lambda: self._api.delete_sandbox(remote_id, _request_timeout=self._http_timeout))
+        except ProviderError as error:
+            if error.kind is ErrorKind.NOT_FOUND:
+                return
+            if error.kind is not ErrorKind.CONFLICT:
+                raise
+            current = self._read(remote_id)
+            if current is not None and current.state is not RemoteState.DESTROYING:
+                raise  # another change is in progress: the caller tries again later
+            return
         logger.info("Daytona sandbox %s deleted", remote_id)
 
     # -- access -------------------------------------------------------------------------
@@ -198,38 +212,15 @@ class DaytonaProvider(SandboxProvider):
         self._call(
             "refresh activity",
             lambda: self._api.update_last_activity(remote_id, _request_timeout=self._http_timeout),
+            answers=False,
         )
 
-    # -- terminal -----------------------------------------------------------------------
-
-    def open_terminal(
-        self, remote_id: str, *, session_id: str, cols: int, rows: int, command: list[str] | None = None
-    ) -> TerminalSession:
-        """Through the toolbox API: create the PTY session, or attach when it exists (the
-        create is refused with 409 then, before any upgrade), and size it to the caller's
-        window, which may differ from the one it was created for.
-
-        Always the login shell: without ``Capability.TERMINAL_COMMAND``, a ``command`` is
-        refused (``kind=REJECTED``) before any call."""
-        if command is not None:
-            raise self._lacks(Capability.TERMINAL_COMMAND)
-        sandbox = self._call("get", lambda: self._sdk.get(remote_id, request_timeout=self._http_timeout))
-        state = remote_state(state_word(sandbox.state))
-        if state is RemoteState.DESTROYING:
-            raise ProviderError("The Daytona sandbox no longer exists.", kind=ErrorKind.NOT_FOUND)
-        if state is not RemoteState.STARTED:
-            raise ProviderError(
-                f"The sandbox is not running ({state_word(sandbox.state)}).", kind=ErrorKind.INVALID_STATE
-            )
-        return attach(sandbox.process, session_id, cols=cols, rows=rows, call=self._call, error=self._terminal_error)
-
-    def _terminal_error(self, exc: Exception, operation: str) -> ProviderError:
-        error = provider_error(exc, operation, idempotent=True, secrets=(self._api_key,))
-        if error.kind is ErrorKind.CONFLICT:
-            # The sandbox stopped after the lookup: the toolbox refuses its PTYs with 409.
-            error = ProviderError(error.message, kind=ErrorKind.INVALID_STATE)
-        log_failure(operation, error)
-        return error
+    def set_auto_stop(self, remote_id: str, minutes: int) -> None:
+        """``POST /sandbox/{id}/autostop/{minutes}``; applies at once."""
+        self._call(
+            "set auto-stop",
+            lambda: self._api.set_autostop_interval(remote_id, minutes, _request_timeout=self._http_timeout),
+        )
 
     # -- building blocks ----------------------------------------------------------------
 
@@ -259,6 +250,10 @@ class DaytonaProvider(SandboxProvider):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             client = Daytona(config)
+        # The portal's own toolbox traffic (its PTY bridge above all) is nobody working: without
+        # this header Daytona's proxy counts every request and re-posts activity every 50 s while
+        # a websocket stays open, so an idle open terminal would look busy for ever.
+        client._toolbox_api_client.default_headers[SKIP_ACTIVITY_HEADER] = "true"
         self._client = client
         # The generated API addresses sandboxes by id; the SDK keeps it on the client.
         api: SandboxApi = client._sandbox_api
@@ -298,27 +293,34 @@ class DaytonaProvider(SandboxProvider):
         return outcomes
 
     def _list_page(self, label_filter: str, cursor: str | None) -> tuple[list[RemoteSandbox], str | None]:
-        """One page of sandboxes and the cursor of the next page (``None`` after the last)."""
-        return self._call(
+        """One page of sandboxes, oldest first, and the cursor of the next page (``None``
+        after the last). Daytona's default order is by last activity, which moves while the
+        pages are read, so a sandbox could be skipped or seen twice; creation time does not."""
+        response = self._call(
             "list sandboxes",
-            lambda: sandbox_page(
-                self._api.list_sandboxes(
-                    labels=label_filter, cursor=cursor, limit=PAGE_SIZE, _request_timeout=self._http_timeout
-                )
+            lambda: self._api.list_sandboxes(
+                labels=label_filter,
+                cursor=cursor,
+                limit=PAGE_SIZE,
+                sort=SandboxListSortField.CREATEDAT,
+                order=SandboxListSortDirection.ASC,
+                _request_timeout=self._http_timeout,
             ),
         )
+        return sandbox_page(response)
 
     def _read(self, id_or_name: str, deadline: float | None = None) -> RemoteSandbox | None:
         try:
-            sandbox = self._call(
+            dto = self._call(
                 "get",
-                lambda: remote_sandbox(self._api.get_sandbox(id_or_name, _request_timeout=self._http_timeout)),
+                lambda: self._api.get_sandbox(id_or_name, _request_timeout=self._http_timeout),
                 deadline=deadline,
             )
         except ProviderError as error:
             if error.kind is ErrorKind.NOT_FOUND:
                 return None
             raise
+        sandbox = remote_sandbox(dto)
         return None if sandbox.backend_state == "destroyed" else sandbox
 
     def _change_state(
@@ -329,23 +331,26 @@ class DaytonaProvider(SandboxProvider):
         heading: frozenset[RemoteState],
     ) -> RemoteSandbox:
         """POST a state change; a refusal counts as success when the sandbox already is, or
-        is becoming, what was asked (a repeated call, or a retry after a lost response)."""
+        is becoming, what was asked (a repeated call, or a retry after a lost response).
+
+        A start refused because the sandbox errored meanwhile (Daytona answers 400 "Sandbox
+        failed to start: <reason>") returns the errored sandbox, for the caller to recover or
+        replace."""
         try:
-            return self._call(
-                operation,
-                lambda: remote_sandbox(post(remote_id, _request_timeout=self._http_timeout)),
-            )
+            dto = self._call(operation, lambda: post(remote_id, _request_timeout=self._http_timeout))
         except ProviderError as error:
-            if error.kind not in (ErrorKind.CONFLICT, ErrorKind.INVALID_STATE):
+            if error.kind not in (ErrorKind.CONFLICT, ErrorKind.INVALID_STATE, ErrorKind.REJECTED):
                 raise
             current = self._read(remote_id)
             if current is None:
                 raise ProviderError(
                     f"Daytona {operation} failed: the sandbox no longer exists.", kind=ErrorKind.NOT_FOUND
                 ) from error
-            if current.state not in heading:
+            errored_on_its_way_up = current.state is RemoteState.ERROR and RemoteState.STARTED in heading
+            if current.state not in heading and not errored_on_its_way_up:
                 raise
             return current
+        return remote_sandbox(dto)
 
     def _wait_for(self, sandbox: RemoteSandbox, targets: frozenset[RemoteState], deadline: float) -> RemoteSandbox:
         """Poll until ``sandbox`` reaches one of ``targets`` or errors, or the deadline passes.
@@ -373,12 +378,13 @@ class DaytonaProvider(SandboxProvider):
         return sandbox
 
     def _create_ssh_access(self, remote_id: str, minutes: int) -> SshAccess:
-        return self._call(
+        dto = self._call(
             "create SSH access",
-            lambda: ssh_access(
-                self._api.create_ssh_access(remote_id, expires_in_minutes=minutes, _request_timeout=self._http_timeout)
+            lambda: self._api.create_ssh_access(
+                remote_id, expires_in_minutes=minutes, _request_timeout=self._http_timeout
             ),
         )
+        return ssh_access(dto)
 
     def _revoke_ssh_tokens(self, remote_id: str) -> None:
         # Without ``token`` the API revokes every token of the sandbox. (The SDK's
@@ -392,15 +398,13 @@ class DaytonaProvider(SandboxProvider):
 
     def _sign_link(self, remote_id: str, port: int, seconds: int) -> SignedLink:
         expires_at = datetime.now(UTC) + timedelta(seconds=seconds)
-        return self._call(
+        dto = self._call(
             "sign preview link",
-            lambda: signed_link(
-                self._api.get_signed_port_preview_url(
-                    remote_id, port, expires_in_seconds=seconds, _request_timeout=self._http_timeout
-                ),
-                expires_at,
+            lambda: self._api.get_signed_port_preview_url(
+                remote_id, port, expires_in_seconds=seconds, _request_timeout=self._http_timeout
             ),
         )
+        return signed_link(dto, expires_at)
 
     def _expire_link(self, remote_id: str, link: SignedLink, default_port: int) -> None:
         if not link.token:
@@ -412,6 +416,7 @@ class DaytonaProvider(SandboxProvider):
                     remote_id, link.port or default_port, link.token, _request_timeout=self._http_timeout
                 ),
                 secrets=(link.token,),
+                answers=False,
             )
 
     def _call(
@@ -422,19 +427,26 @@ class DaytonaProvider(SandboxProvider):
         idempotent: bool = True,
         deadline: float | None = None,
         secrets: tuple[str, ...] = (),
+        answers: bool = True,
     ) -> T:
-        """Make one API call, retrying transient failures within the retry budget.
+        """Make one API call, retrying transient failures within the retry budget. Only the
+        SDK's and the transports' failures become :class:`ProviderError`; anything else is a
+        bug and leaves as itself.
 
         ``idempotent=False`` marks a call that must not be repeated when the backend may have
-        acted: it is retried only after a response proves it did not.
+        acted: it is retried only after a response proves it did not. ``answers=False`` marks a
+        call whose success has no body.
         """
         backoff = Backoff(self._max_retries, self._max_retry_wait, deadline)
         while True:
             try:
-                return call()
-            except ProviderError:
-                raise
-            except Exception as exc:
+                result = call()
+                if result is None and answers:
+                    # The generated client hands back None for a success status other than
+                    # the one it declares (a 201 for a 200), or for an empty body.
+                    raise EmptyAnswer(f"no {operation} answer in the body")
+                return result
+            except SDK_FAILURES as exc:
                 error = provider_error(exc, operation, idempotent=idempotent, secrets=(self._api_key, *secrets))
                 delay = backoff.next_delay(error)
                 if delay is None:

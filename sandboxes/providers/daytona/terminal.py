@@ -1,4 +1,5 @@
-"""The PTY bridge: a Daytona PTY session as a :class:`TerminalSession`.
+"""The PTY bridge: a Daytona PTY session as a :class:`TerminalSession`, and the provider's
+toolbox methods (:class:`Toolbox`: open and end terminals).
 
 PTYs go through the sandbox's toolbox proxy, so they need the SDK's ``Sandbox`` object (the
 provider builds one per attachment) and its ``PtyHandle``, whose blocking iterator is turned
@@ -15,12 +16,86 @@ from typing import Any
 from daytona import DaytonaConflictError, DaytonaError, PtySize
 from daytona.handle.pty_handle import PtyHandle
 
-from ..base import ProviderError, TerminalSession
-from .errors import gone_is_done
+from ..base import Capability, ErrorKind, ProviderError, RemoteState, TerminalSession
+from .convert import remote_sandbox, state_word
+from .errors import SDK_FAILURES, gone_is_done, log_failure, provider_error
 
 PTY_POLL_SECONDS = 1.0  # how soon a detached terminal's pump thread notices and ends
 PTY_QUEUED_CHUNKS = 256  # output frames held for a slow reader before the pump waits
 PTY_MAX_READ = 1 << 20  # bytes joined into one read when output arrives faster than it is read
+
+
+class Toolbox:
+    """The toolbox part of :class:`~.provider.DaytonaProvider` (which provides ``_call``,
+    ``_sdk``, ``_read``, ``_lacks`` and ``_api_key``)."""
+
+    def open_terminal(
+        self, remote_id: str, *, session_id: str, cols: int, rows: int, command: list[str] | None = None
+    ) -> TerminalSession:
+        """Through the toolbox API: create the PTY session, or attach when it exists (the
+        create is refused with 409 then, before any upgrade), and size it to the caller's
+        window, which may differ from the one it was created for.
+
+        Always the login shell: without ``Capability.TERMINAL_COMMAND``, a ``command`` is
+        refused (``kind=REJECTED``) before any call."""
+        if command is not None:
+            raise self._lacks(Capability.TERMINAL_COMMAND)
+        sandbox = self._started_sdk_sandbox(remote_id)
+        try:
+            return attach(
+                sandbox.process, session_id, cols=cols, rows=rows, call=self._call, error=self._terminal_error
+            )
+        except ProviderError as error:
+            raise self._toolbox_refusal(remote_id, error) from error
+
+    def end_terminal(self, remote_id: str, session_id: str) -> None:
+        """``DELETE /process/pty/{id}`` through the toolbox (which never counts as activity:
+        see ``_connect``); a session, or a sandbox, that is gone or not running is already
+        ended."""
+        try:
+            sandbox = self._started_sdk_sandbox(remote_id)
+            self._call("end terminal", lambda: sandbox.process.kill_pty_session(session_id), answers=False)
+        except ProviderError as error:
+            if error.kind in (ErrorKind.NOT_FOUND, ErrorKind.INVALID_STATE):
+                return
+            refusal = self._toolbox_refusal(remote_id, error)
+            if refusal.kind not in (ErrorKind.NOT_FOUND, ErrorKind.INVALID_STATE):
+                raise refusal from error
+
+    def _started_sdk_sandbox(self, remote_id: str) -> Any:
+        """The SDK's ``Sandbox`` (its toolbox is where PTYs live) of a started sandbox;
+        ``NOT_FOUND`` when it is gone, ``INVALID_STATE`` when it does not run."""
+        sandbox = self._call("get", lambda: self._sdk.get(remote_id, request_timeout=self._http_timeout))
+        state = remote_sandbox(sandbox).state
+        if state is RemoteState.DESTROYING:
+            raise ProviderError("The Daytona sandbox no longer exists.", kind=ErrorKind.NOT_FOUND)
+        if state is not RemoteState.STARTED:
+            raise ProviderError(
+                f"The sandbox is not running ({state_word(sandbox.state)}).", kind=ErrorKind.INVALID_STATE
+            )
+        return sandbox
+
+    def _toolbox_refusal(self, remote_id: str, error: ProviderError) -> ProviderError:
+        """What a refused toolbox call means. The toolbox answers a sandbox that stopped since
+        it was looked up with 400 ("Is the Sandbox started?"), an archived one with 400
+        ("failed to get runner info") and a destroyed one with 401: the sandbox's state, read
+        again, says which (``INVALID_STATE``, ``NOT_FOUND``); otherwise the error stands."""
+        if error.kind not in (ErrorKind.REJECTED, ErrorKind.INVALID_STATE, ErrorKind.CONFLICT, ErrorKind.NOT_FOUND):
+            return error
+        try:
+            current = self._read(remote_id)
+        except ProviderError:
+            return error
+        if current is None or current.state is RemoteState.DESTROYING:
+            return ProviderError("The Daytona sandbox no longer exists.", kind=ErrorKind.NOT_FOUND)
+        if current.state is not RemoteState.STARTED:
+            return ProviderError(f"The sandbox is not running ({current.backend_state}).", kind=ErrorKind.INVALID_STATE)
+        return error
+
+    def _terminal_error(self, exc: Exception, operation: str) -> ProviderError:
+        error = provider_error(exc, operation, idempotent=True, secrets=(self._api_key,))
+        log_failure(operation, error)
+        return error
 
 
 def attach(
@@ -45,7 +120,7 @@ def attach(
             handle = process.create_pty_session(session_id, pty_size=size)
         except DaytonaConflictError:
             pass
-        except Exception as exc:
+        except SDK_FAILURES as exc:
             raise error(exc, "open terminal") from exc
         else:
             return DaytonaTerminal(handle, call=call)
@@ -55,7 +130,7 @@ def attach(
             if exc.status_code:
                 raise error(exc, "attach terminal") from exc
             continue  # no status: the daemon refused after the upgrade (no such session)
-        except Exception as exc:
+        except SDK_FAILURES as exc:
             raise error(exc, "attach terminal") from exc
         terminal = DaytonaTerminal(handle, call=call)
         try:
@@ -109,11 +184,11 @@ class DaytonaTerminal(TerminalSession):
         # Not retried: the bytes may have reached the shell.
         try:
             self._handle.send_input(data)
-        except Exception as exc:
+        except SDK_FAILURES as exc:
             raise ProviderError("The terminal connection to Daytona was lost.") from exc
 
     def resize(self, cols: int, rows: int) -> None:
-        self._call("resize terminal", lambda: self._handle.resize(PtySize(rows=rows, cols=cols)))
+        self._call("resize terminal", lambda: self._handle.resize(PtySize(rows=rows, cols=cols)), answers=False)
 
     def detach(self) -> None:
         self._detached.set()
@@ -122,11 +197,13 @@ class DaytonaTerminal(TerminalSession):
 
     def kill(self) -> None:
         with gone_is_done():
-            self._call("kill terminal", self._handle.kill)
+            self._call("kill terminal", self._handle.kill, answers=False)
 
     @property
     def exit_code(self) -> int | None:
-        return self._handle.exit_code
+        # Once detached, the handle reports the close of our own connection as an exit: the
+        # shell itself still runs.
+        return None if self._detached.is_set() else self._handle.exit_code
 
     def _run_pump(self) -> None:
         handle = self._handle
