@@ -73,7 +73,9 @@ def portal_env(*, api_url: str = "", provider: str = "daytona", **extra: str) ->
         NO_PROXY="127.0.0.1,localhost",
     )
     if provider == "daytona":
-        env.update(DAYTONA_API_URL=api_url, DAYTONA_API_KEY=API_KEY, DAYTONA_TARGET="us")
+        # Sandboxes from a prebuilt snapshot, as a production deployment makes them: with the fake's
+        # realistic timings a create then takes about a second (an image would be built first).
+        env.update(DAYTONA_API_URL=api_url, DAYTONA_API_KEY=API_KEY, DAYTONA_TARGET="us", SANDBOX_SNAPSHOT="joepro-dev")
     env.update(extra)
     return env
 

@@ -264,6 +264,11 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": SANDBOX_IDLE_CHECK_SECONDS,
         "options": {"expires": SANDBOX_IDLE_CHECK_SECONDS},
     },
+    "reap-terminal-sessions": {
+        "task": "sandboxes.tasks.reap_terminal_sessions",
+        "schedule": 60,
+        "options": {"expires": 60},
+    },
 }
 
 # --- Sandboxes -----------------------------------------------------------------------------
@@ -312,6 +317,11 @@ SANDBOX_STUCK_MINUTES = env.int("SANDBOX_STUCK_MINUTES", default=15)
 SANDBOX_ACTIVITY_WRITE_SECONDS = env.int("SANDBOX_ACTIVITY_WRITE_SECONDS", default=60)
 # The provider's idle timer is refreshed at most this often per sandbox while the portal sees activity.
 SANDBOX_ACTIVITY_REFRESH_MINUTES = env.int("SANDBOX_ACTIVITY_REFRESH_MINUTES", default=10)
+# Web terminal sessions: at most this many per sandbox; one nobody has been attached to for this
+# long is ended (its shell killed); attached clients renew their claim this often.
+SANDBOX_TERMINAL_SESSIONS = env.int("SANDBOX_TERMINAL_SESSIONS", default=8)
+SANDBOX_TERMINAL_DETACHED_MINUTES = env.int("SANDBOX_TERMINAL_DETACHED_MINUTES", default=30)
+SANDBOX_TERMINAL_RENEW_SECONDS = env.int("SANDBOX_TERMINAL_RENEW_SECONDS", default=60)
 # Provider calls in flight at once when stopping or looking up many sandboxes.
 SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=64)
 # SSH gateway of local sandboxes (manage.py run_ssh_gateway). It listens on loopback unless told

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from . import services
 from .durations import format_duration
-from .models import AuditEvent, Sandbox
+from .models import AuditEvent, Sandbox, TerminalSession
 
 Actor = AuditEvent.ActorType
 
@@ -52,6 +52,7 @@ class SandboxAdmin(admin.ModelAdmin):
         "resources",
         "created_at",
         "last_activity_at",
+        "last_activity_source",
         "idle_for",
         "short_error",
     ]
@@ -76,9 +77,12 @@ class SandboxAdmin(admin.ModelAdmin):
         "last_started_at",
         "last_stopped_at",
         "last_activity_at",
+        "last_activity_source",
+        "remote_touched_at",
         "last_synced_at",
         "last_error_code",
         "last_error",
+        "build_retried_for",
     ]
     readonly_fields = fields
 
@@ -185,6 +189,25 @@ class AuditEventAdmin(admin.ModelAdmin):
     search_fields = ["sandbox_name", "actor__email", "reason"]
     list_select_related = ["actor"]
     date_hierarchy = "created_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(TerminalSession)
+class TerminalSessionAdmin(admin.ModelAdmin):
+    """The web terminal's shells as the portal opened them; ended by the portal only."""
+
+    list_display = ["session_id", "sandbox", "clients", "created_at", "attached_until"]
+    search_fields = ["sandbox__user__email", "sandbox__remote_name", "session_id"]
+    list_select_related = ["sandbox"]
+    readonly_fields = ["sandbox", "session_id", "remote_id", "clients", "created_at", "attached_until"]
 
     def has_add_permission(self, request):
         return False

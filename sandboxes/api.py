@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import math
+import secrets
 from datetime import datetime
 
 from django.conf import settings
@@ -20,7 +21,7 @@ from pydantic import ConfigDict
 
 from . import services
 from .http import no_store
-from .models import Sandbox
+from .models import ActivitySource, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +81,7 @@ class SandboxOut(Schema):
     createdAt: str | None
     lastStartedAt: str | None
     lastActivityAt: str | None
+    idleStopAt: str | None
     lastError: ErrorDetail | None
 
 
@@ -122,7 +124,23 @@ class ErrorOut(Schema):
     error: ErrorDetail
 
 
-ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: ErrorOut, 503: ErrorOut}
+class InternalErrorDetail(ErrorDetail):
+    id: str
+
+
+class InternalErrorOut(Schema):
+    error: InternalErrorDetail
+
+
+ERRORS = {
+    401: ErrorOut,
+    403: ErrorOut,
+    404: ErrorOut,
+    409: ErrorOut,
+    429: ErrorOut,
+    500: InternalErrorOut,
+    503: ErrorOut,
+}
 
 
 # --- errors -----------------------------------------------------------------------------------
@@ -131,8 +149,10 @@ ERRORS = {401: ErrorOut, 403: ErrorOut, 404: ErrorOut, 409: ErrorOut, 429: Error
 RETRY_HINT_SECONDS = 5  # told to clients of a 429 or 503 when the service gave no hint
 
 
-def error_response(status: int, code: str, message: str, *, retry_after: float | None = None) -> HttpResponse:
-    response = api.create_response(None, {"error": {"code": code, "message": message}}, status=status)
+def error_response(
+    status: int, code: str, message: str, *, retry_after: float | None = None, **detail: str
+) -> HttpResponse:
+    response = api.create_response(None, {"error": {"code": code, "message": message, **detail}}, status=status)
     if retry_after is not None:
         response["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return no_store(response)
@@ -167,9 +187,15 @@ def on_http_error(request, exc: HttpError):
 
 @api.exception_handler(Exception)
 def on_unexpected(request, exc: Exception):
-    log.exception("unexpected error in %s %s", request.method, request.path)
+    """A bug, not an outage: 500 with an id that names the logged traceback."""
+    error_id = secrets.token_hex(6)
+    log.exception("unexpected error %s in %s %s", error_id, request.method, request.path)
     return error_response(
-        503, "internal", "Something went wrong on our side. Please try again.", retry_after=RETRY_HINT_SECONDS
+        500,
+        "internal",
+        f"Something went wrong on our side (error {error_id}). Please try again; if it keeps happening, "
+        "tell us this number.",
+        id=error_id,
     )
 
 
@@ -187,6 +213,7 @@ def sandbox_out(sandbox: Sandbox) -> dict:
         "createdAt": _iso(sandbox.created_at),
         "lastStartedAt": _iso(sandbox.last_started_at),
         "lastActivityAt": _iso(sandbox.last_activity_at),
+        "idleStopAt": _iso(services.idle_stop_at(sandbox)),
         "lastError": {"code": sandbox.last_error_code, "message": sandbox.last_error} if sandbox.last_error else None,
     }
 
@@ -255,22 +282,51 @@ def sandbox_detail(request, response: HttpResponse):
     return Status(200, {"sandbox": sandbox_out(sandbox)})
 
 
+class HeartbeatIn(Schema):
+    """What the page saw since its last beat. Unknown fields are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    interacted: bool = False
+
+
 class HeartbeatOut(Schema):
     ok: bool
+    counted: bool
 
 
 @api.post(
     "/sandbox/heartbeat",
     response={200: HeartbeatOut, **ERRORS},
-    summary="Tell the portal the user is working in their sandbox",
-    description="Sent every minute by the portal page while it is visible (the terminal counts its own "
-    "traffic). Counts as activity for the idle policy (sandboxes stop after SANDBOX_IDLE_MINUTES without "
-    "activity). 404 when the user has no sandbox.",
+    summary="Tell the portal whether the user worked on the page",
+    description="Sent every minute by the portal's pages while they are visible, with interacted: true when "
+    "someone pressed a key or used the pointer on the page since the last beat. Only that counts as activity "
+    "for the idle policy (sandboxes stop after SANDBOX_IDLE_MINUTES without activity); an open, untouched "
+    "page does not (counted: false). 404 when the user has no sandbox.",
 )
-def sandbox_heartbeat(request, response: HttpResponse, payload: LaunchIn | None = None):
+def sandbox_heartbeat(request, response: HttpResponse, payload: HeartbeatIn | None = None):
     no_store(response)
+    sandbox = _own_sandbox(request)
+    counted = bool(payload and payload.interacted)
+    if counted:
+        services.sandbox_record_activity(sandbox=sandbox, source=ActivitySource.PAGE)
+    return Status(200, {"ok": True, "counted": counted})
+
+
+@api.post(
+    "/sandbox/extend",
+    response={200: PendingOut, **ERRORS},
+    summary="Keep the running sandbox from the idle stop for another idle period",
+    description="The idle clock starts again now: the sandbox stops after SANDBOX_IDLE_MINUTES more without "
+    "activity (sandbox.idleStopAt). 409 not_running when it is not running, 404 when the user has none.",
+)
+def sandbox_extend(request, response: HttpResponse, payload: LaunchIn | None = None):
+    no_store(response)
+    sandbox = services.sandbox_extend(sandbox=_own_sandbox(request))
+    return Status(200, {"sandbox": sandbox_out(sandbox)})
+
+
+def _own_sandbox(request) -> Sandbox:
     sandbox = Sandbox.objects.filter(user=request.auth).first()
     if sandbox is None:
-        return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})
-    services.sandbox_record_activity(sandbox=sandbox, source="heartbeat")
-    return Status(200, {"ok": True})
+        raise services.SandboxError("not_found", "You have no sandbox yet.", status=404)
+    return sandbox

@@ -46,7 +46,37 @@ def check_sandbox_provider(app_configs=None, **kwargs):
                 id="sandboxes.E004",
             )
         )
+    errors.extend(_access_lifetime_errors())
     return errors
+
+
+# Daytona signs preview and terminal links for at most a day (expiresInSeconds 1..86400), and the
+# portal signs them for as long as the SSH token lives.
+DAYTONA_MAX_LINK_MINUTES = 24 * 60
+
+
+def _access_lifetime_errors() -> list[Error]:
+    minutes = settings.SANDBOX_SSH_TOKEN_MINUTES
+    if minutes < 1:
+        return [
+            Error(
+                f"SANDBOX_SSH_TOKEN_MINUTES is {minutes}; access must last at least a minute.",
+                hint="Set SANDBOX_SSH_TOKEN_MINUTES to a number of minutes, e.g. 120.",
+                id="sandboxes.E009",
+            )
+        ]
+    uses_daytona = settings.SANDBOX_PROVIDER == "daytona" or bool(settings.DAYTONA_API_KEY)
+    if uses_daytona and minutes > DAYTONA_MAX_LINK_MINUTES:
+        return [
+            Error(
+                f"SANDBOX_SSH_TOKEN_MINUTES is {minutes}, but Daytona signs preview and terminal links for at most "
+                f"{DAYTONA_MAX_LINK_MINUTES} minutes (24 hours), and the portal signs them for as long as the SSH "
+                "token lasts: every launch would fail.",
+                hint=f"Set SANDBOX_SSH_TOKEN_MINUTES to {DAYTONA_MAX_LINK_MINUTES} or less.",
+                id="sandboxes.E009",
+            )
+        ]
+    return []
 
 
 LOCAL_PROBLEM_IDS = {

@@ -1,21 +1,29 @@
 """The browser terminal: a websocket bridged to a PTY session in the user's sandbox.
 
-Protocol, at ``ws/sandboxes/<remote_id>/terminal/?session=<id>&cols=<C>&rows=<R>``:
+Protocol, at ``ws/sandboxes/<remote_id>/terminal/?cols=<C>&rows=<R>[&session=<id>]``:
 
 - Binary frames from the browser are keystrokes and pasted text (UTF-8); binary frames to the
   browser are the shell's output, raw.
 - Text frames are JSON control messages. From the browser: ``{"type": "resize", "cols", "rows"}``,
   and ``{"type": "pause"}`` / ``{"type": "resume"}`` while its terminal cannot keep up. To the
-  browser: ``{"type": "attached", "session"}`` once the shell is there,
+  browser: ``{"type": "attached", "session"}`` once the shell is there (the session to name when
+  reconnecting),
   ``{"type": "status", "state", "message"}`` when the sandbox is not running (then close 4409),
   ``{"type": "exit", "code"}`` when the shell ended (then close 1000), and
   ``{"type": "error", "message"}`` before a close that invites a reconnect.
-- Close codes: 4400 bad request, 4401 signed out, 4404 no such sandbox of this user, 4409 the
-  sandbox is not running, 1013 the provider or the shell's connection failed (reconnect with
-  backoff), 1000 the shell exited.
+- Close codes: 4400 bad request, 4401 signed out, 4404 no such sandbox of this user, 4408 no
+  input or output for longer than the idle period (reconnect only when the user asks), 4409 the
+  sandbox is not running, 4429 too many terminal sessions in this sandbox, 1013 the provider or
+  the shell's connection failed (reconnect with backoff), 1000 the shell exited.
 
-The PTY session is named by the browser (one id per tab) and belongs to the sandbox: a closed
-websocket detaches from it and a reconnect with the same id finds the same shell.
+The PTY session is minted by the portal (``services.terminal_open``) when the browser names
+none, or one that no longer exists, and belongs to the sandbox: a closed websocket detaches from
+it and a reconnect naming it finds the same shell. While attached, the bridge renews its claim on
+the session every ``SANDBOX_TERMINAL_RENEW_SECONDS``; sessions nobody is attached to are ended
+after ``SANDBOX_TERMINAL_DETACHED_MINUTES``.
+
+Input and output count as use of the sandbox (recorded at most once a minute); an open,
+quiet bridge does not, and one without input or output for longer than the idle period closes.
 
 Threads do the blocking work: per connection, one reads the terminal (large reads, handed to
 the event loop in one call each) and one writes input and resizes in arrival order. Output
@@ -37,16 +45,20 @@ from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.db import connections
 
 from . import services
-from .models import Sandbox, SandboxState
+from .models import ActivitySource, Sandbox, SandboxState
 
 log = logging.getLogger(__name__)
 
 CLOSE_BAD_REQUEST = 4400
 CLOSE_SIGNED_OUT = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_IDLE = 4408
 CLOSE_NOT_RUNNING = 4409
+CLOSE_TOO_MANY = 4429
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NORMAL = 1000
 
@@ -56,7 +68,6 @@ DEFAULT_COLS, DEFAULT_ROWS = 80, 24
 OUTPUT_HIGH_WATER = 4 << 20  # bytes waiting for the browser before the reader stops reading
 MAX_FRAME = 1 << 20
 INPUT_HIGH_WATER = 1 << 20  # bytes waiting for the shell before browser frames stop being read
-ACTIVITY_EVERY_SECONDS = 60
 
 # Calls that may take seconds (attach, detach, state lookups), kept off the event loop
 # and off the default executor that the rest of the process shares.
@@ -72,6 +83,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.loop = asyncio.get_running_loop()
         self.terminal: services.Terminal | None = None
         self.closing = False
+        self.shell_exited = False
         try:
             await self._attach()
         except OSError:
@@ -85,8 +97,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.close(CLOSE_SIGNED_OUT)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
-        session_id = query.get("session", [""])[0]
-        if not SESSION_ID.fullmatch(session_id):
+        session_id = query.get("session", [""])[0] or None
+        if session_id is not None and not SESSION_ID.fullmatch(session_id):
             await self.close(CLOSE_BAD_REQUEST)
             return
         cols = _dimension(query.get("cols", [""])[0], DEFAULT_COLS)
@@ -109,13 +121,16 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 await self._refuse_not_running(SandboxState.GONE, str(error))
             elif error.kind == services.ErrorKind.INVALID_STATE:
                 await self._refuse_not_running(SandboxState.STOPPED, str(error))
+            elif error.code == "too_many_terminals":
+                await self._send_control(type="error", message=str(error))
+                await self.close(CLOSE_TOO_MANY)
             else:
                 log.warning("terminal of %s: attach failed: %s", self.sandbox.remote_name, error)
                 await self._send_control(type="error", message=str(error))
                 await self.close(CLOSE_TRY_AGAIN)
             return
         self._start_bridge()
-        await self._send_control(type="attached", session=session_id)
+        await self._send_control(type="attached", session=self.terminal.session_id)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
         if self.terminal is None or self.closing:
@@ -125,7 +140,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 return
             self.input_pending += len(bytes_data)
             self.inbox.put(bytes_data)
-            self._note_activity()
+            self._note_activity(ActivitySource.TERMINAL_INPUT)
             if self.input_pending > INPUT_HIGH_WATER:
                 # Not reading further frames until the shell has taken most of this in.
                 self.input_drained.clear()
@@ -141,10 +156,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.inbox.put(None)
         self.output_room.set()
         self.sender.cancel()
+        self.keeper.cancel()
         try:
             await self._in_thread(terminal.detach)
         except services.SandboxError as error:
             log.info("terminal detach failed: %s", error)
+        await _release(terminal.session_id, ended=self.shell_exited)
         if self.activity_task is not None:
             await self.activity_task
 
@@ -162,11 +179,13 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.input_pending = 0
         self.input_drained = asyncio.Event()
         self.last_activity = float("-inf")
+        self.last_traffic = time.time()
         self.activity_task: asyncio.Future | None = None
         name = f"terminal-{self.terminal.session_id}"
         threading.Thread(target=self._read_terminal, name=f"{name}-out", daemon=True).start()
         threading.Thread(target=self._write_terminal, name=f"{name}-in", daemon=True).start()
         self.sender = asyncio.ensure_future(self._send_output())
+        self.keeper = asyncio.ensure_future(self._keep_session())
 
     def _read_terminal(self) -> None:
         """Reader thread: terminal output to the event loop, one call per read."""
@@ -244,7 +263,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                     else:
                         for start in range(0, len(data), MAX_FRAME):
                             await self.send(bytes_data=data[start : start + MAX_FRAME])
-                    self._note_activity()
+                    self._note_activity(ActivitySource.TERMINAL_OUTPUT)
                 if self.output_ended and not self.outbox:
                     await self._finish()
                     return
@@ -265,6 +284,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         if state is not None and state != SandboxState.STARTED:
             await self._refuse_not_running(state)
         elif exit_code is not None:
+            self.shell_exited = True
             await self._send_control(type="exit", code=exit_code)
             await self.close(CLOSE_NORMAL)
         else:
@@ -292,13 +312,32 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _note_activity(self) -> None:
-        """Input and output count as use of the sandbox; recorded at most once a minute."""
-        now = time.monotonic()
-        if now - self.last_activity < ACTIVITY_EVERY_SECONDS:
+    def _note_activity(self, source: ActivitySource) -> None:
+        """Input and output count as use of the sandbox, recorded at most every
+        ``SANDBOX_ACTIVITY_WRITE_SECONDS`` (on the wall clock, which tests move)."""
+        now = time.time()
+        self.last_traffic = now
+        if now - self.last_activity < settings.SANDBOX_ACTIVITY_WRITE_SECONDS:
             return
         self.last_activity = now
-        self.activity_task = asyncio.ensure_future(_record_activity(self.sandbox))
+        self.activity_task = asyncio.ensure_future(_record_activity(self.sandbox, source))
+
+    async def _keep_session(self) -> None:
+        """Renew the claim on the session while attached; close a bridge that carried no input
+        or output for longer than the idle period (an open, quiet terminal is nobody working)."""
+        idle_limit = settings.SANDBOX_IDLE_MINUTES * 60
+        while not self.closing:
+            await asyncio.sleep(settings.SANDBOX_TERMINAL_RENEW_SECONDS)
+            if self.closing:
+                return
+            if time.time() - self.last_traffic > idle_limit:
+                self.closing = True
+                await self._send_control(
+                    type="idle", message="Disconnected: no input or output for longer than the idle period."
+                )
+                await self.close(CLOSE_IDLE)
+                return
+            await _renew(self.terminal.session_id)
 
     async def _remote_state(self) -> SandboxState | None:
         return await self._in_thread(services.sandbox_remote_state, sandbox=self.sandbox)
@@ -311,7 +350,16 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         await self.send(text_data=json.dumps(message))
 
     async def _in_thread(self, function, *args, **kwargs):
-        return await self.loop.run_in_executor(_blocking_calls, lambda: function(*args, **kwargs))
+        return await self.loop.run_in_executor(_blocking_calls, lambda: _closing_connections(function, args, kwargs))
+
+
+def _closing_connections(function, args, kwargs):
+    """Run ``function`` on a pool thread; whatever database connection it opened goes back at
+    the end rather than staying with a thread that may not touch the database for hours."""
+    try:
+        return function(*args, **kwargs)
+    finally:
+        connections.close_all()
 
 
 @database_sync_to_async
@@ -320,11 +368,27 @@ def _own_sandbox(user, remote_id: str) -> Sandbox | None:
 
 
 @database_sync_to_async
-def _record_activity(sandbox: Sandbox) -> None:
+def _record_activity(sandbox: Sandbox, source: ActivitySource) -> None:
     try:
-        services.sandbox_record_activity(sandbox=sandbox, source="terminal")
+        services.sandbox_record_activity(sandbox=sandbox, source=source)
     except Exception:  # activity is best effort; the terminal carries on
         log.warning("recording terminal activity of %s failed", sandbox.remote_name, exc_info=True)
+
+
+@database_sync_to_async
+def _renew(session_id: str) -> None:
+    try:
+        services.terminal_renew(session_id=session_id)
+    except Exception:  # the claim lapses and the session counts as detached: not worth a close
+        log.warning("renewing terminal session %s failed", session_id, exc_info=True)
+
+
+@database_sync_to_async
+def _release(session_id: str, *, ended: bool) -> None:
+    try:
+        services.terminal_release(session_id=session_id, ended=ended)
+    except Exception:  # its lease runs out by itself
+        log.warning("releasing terminal session %s failed", session_id, exc_info=True)
 
 
 def _dimension(raw, default: int) -> int:

@@ -54,6 +54,20 @@ class Sandbox(models.Model):
     last_started_at = models.DateTimeField(null=True, blank=True)
     last_stopped_at = models.DateTimeField(null=True, blank=True)
     last_activity_at = models.DateTimeField(null=True, blank=True)
+    last_activity_source = models.CharField(
+        max_length=16, blank=True, help_text="What the last activity was: terminal input, SSH, the page..."
+    )
+    remote_touched_at = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="When the portal itself last moved the provider's activity timer (a refresh, a start): "
+        "the provider's last activity up to then is the portal's own doing, not a user's.",
+    )
+    build_retried_for = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="The image whose failed build was already retried once by itself; cleared once a sandbox runs.",
+    )
     last_synced_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     last_error_code = models.CharField(max_length=32, blank=True)
@@ -107,6 +121,43 @@ class Sandbox(models.Model):
     def forget_access(self) -> None:
         self.access_ciphertext = None
         self.access_expires_at = None
+
+
+class ActivitySource(models.TextChoices):
+    """What counts as a person using their sandbox (and nothing else does)."""
+
+    LAUNCH = "launch"
+    EXTEND = "extend"  # the user asked for more time
+    PAGE = "page"  # keystrokes or pointer use on a portal page
+    TERMINAL_INPUT = "terminal-input"
+    TERMINAL_OUTPUT = "terminal-output"  # a build printing counts
+    SSH = "ssh"  # traffic through the portal's SSH gateway
+    PREVIEW = "preview"  # requests to the preview the portal serves
+    PROVIDER = "provider"  # the provider saw use the portal did not (Daytona's SSH gateway, its previews)
+
+
+class TerminalSession(models.Model):
+    """A PTY session of the web terminal, as the portal opened it in a sandbox.
+
+    The portal mints the session id (a browser names only a session it was given) and keeps at
+    most ``SANDBOX_TERMINAL_SESSIONS`` per sandbox. The shell outlives its websockets; a session
+    nobody has been attached to for ``SANDBOX_TERMINAL_DETACHED_MINUTES`` is ended. While a
+    client is attached, its lease (``attached_until``) is renewed every minute, so a web process
+    that dies leaves sessions that count as detached once their lease runs out.
+    """
+
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="terminal_sessions")
+    session_id = models.CharField(max_length=64, unique=True)
+    remote_id = models.CharField(max_length=128, help_text="The remote sandbox the shell runs in.")
+    created_at = models.DateTimeField()
+    clients = models.PositiveSmallIntegerField(default=0)
+    attached_until = models.DateTimeField(db_index=True)
+
+    class Meta:
+        ordering = ["created_at"]
+
+    def __str__(self) -> str:
+        return self.session_id
 
 
 class AuditEvent(models.Model):

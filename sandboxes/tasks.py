@@ -32,6 +32,13 @@ def stop_idle_sandboxes() -> dict:
     return {"stopped": len(report.stopped), "failed": len(report.failed), "lock_held": report.lock_held}
 
 
+@shared_task(acks_late=True, soft_time_limit=50, time_limit=60, ignore_result=True)
+def reap_terminal_sessions() -> int:
+    """Beat: end web terminal sessions nobody has been attached to for a while (see
+    ``services.terminals_reap``)."""
+    return services.terminals_reap(now=timezone.now())
+
+
 @shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=3, ignore_result=True)
 def refresh_sandbox_activity(self, sandbox_id: int) -> bool:
     """Reset the provider's idle timer of a sandbox the portal sees in use."""

@@ -3,6 +3,7 @@
 from datetime import UTC
 
 import pytest
+from django.conf import settings
 
 from sandboxes.models import AuditEvent, Sandbox
 from sandboxes.services import remote_name_for
@@ -111,7 +112,9 @@ def test_slow_start_answers_202_and_completes_on_a_later_call(daytona, owner, se
 def test_launch_adopts_an_existing_sandbox_of_the_same_owner(daytona, owner):
     from sandboxes.services import owner_labels
 
-    existing = daytona.add_sandbox(name=remote_name_for(owner), labels=owner_labels(owner), state="stopped")
+    existing = daytona.add_sandbox(
+        name=remote_name_for(owner), labels=owner_labels(owner), state="stopped", autoStopInterval=15
+    )
 
     response = launch(signed_in(owner))
 
@@ -119,6 +122,8 @@ def test_launch_adopts_an_existing_sandbox_of_the_same_owner(daytona, owner):
     assert response.json()["sandbox"]["id"] == existing["id"]
     assert daytona.calls["create"] == 0
     assert AuditEvent.objects.filter(action="adopt").count() == 1
+    # Its own idle stop was Daytona's default; the portal's backstop replaces it.
+    assert daytona.sandbox(existing["id"])["autoStopInterval"] == settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES
 
 
 def test_a_same_named_sandbox_of_another_owner_is_never_handed_out(daytona, owner, outsider):
@@ -197,3 +202,73 @@ def test_status_endpoint(daytona, owner):
     assert body["sandbox"]["id"] == launched["id"]
     assert body["sandbox"]["state"] == "started"
     assert "access" not in body
+
+
+# --- an image that does not build -----------------------------------------------------------------
+
+
+def test_an_image_that_failed_to_build_is_built_once_more_then_shown_not_rebuilt(daytona, owner, settings):
+    settings.SANDBOX_LAUNCH_WAIT_SECONDS = 0.2
+    daytona.transition_seconds = 600  # builds take long: each launch answers 202 while it builds
+    client = signed_in(owner)
+    first = launch(client)
+    assert first.status_code == 202
+    first_id = first.json()["sandbox"]["id"]
+    daytona.set_state(first_id, "build_failed", error_reason="npm ERR! 404 left-pad not found")
+
+    # The first time, the portal builds it once more by itself.
+    retried = launch(client)
+    assert retried.status_code == 202
+    second_id = retried.json()["sandbox"]["id"]
+    assert second_id != first_id and daytona.calls["create"] == 2
+    assert daytona.sandbox(first_id) is None  # an errored sandbox vanishes at its delete
+
+    # The same image fails again: shown to the user, and nothing is deleted or built again.
+    daytona.set_state(second_id, "build_failed", error_reason="npm ERR! 404 left-pad not found")
+    for _ in range(3):
+        refused = launch(client)
+        assert refused.status_code == 503
+        error = refused.json()["error"]
+        assert error["code"] == "build_failed"
+        assert "left-pad not found" in error["message"]
+    assert daytona.calls["create"] == 2 and daytona.calls["delete"] == 1
+    assert daytona.sandbox(second_id)["state"] == "build_failed"
+    row = Sandbox.objects.get(user=owner)
+    assert (row.state, row.last_error_code) == ("error", "build_failed")  # what the operator sees
+    assert "left-pad not found" in row.last_error
+
+
+def test_a_new_image_gets_its_own_retry(daytona, owner, settings):
+    client = signed_in(owner)
+    sandbox_id = launch(client).json()["sandbox"]["id"]
+    Sandbox.objects.filter(user=owner).update(build_retried_for=settings.SANDBOX_IMAGE)
+    daytona.set_state(sandbox_id, "build_failed", error_reason="bad base image")
+    assert launch(client).json()["error"]["code"] == "build_failed"
+
+    settings.SANDBOX_IMAGE = "node:22-bookworm"  # the operator fixed the image
+
+    assert launch(client).status_code == 200
+    assert daytona.calls["create"] == 2
+
+
+def test_an_archived_sandbox_is_restored_by_waiting_not_by_starting_it_again(daytona, owner, settings):
+    from tests.fake_daytona.timings import Timings
+
+    settings.SANDBOX_LAUNCH_WAIT_SECONDS = 0.3
+    client = signed_in(owner)
+    sandbox_id = launch(client).json()["sandbox"]["id"]
+    daytona.set_state(sandbox_id, "archived")
+    daytona.timings = Timings.realistic().with_changes(hold_limit=0)  # restores take a while
+
+    first = launch(client)
+    assert (first.status_code, first.json()["sandbox"]["state"]) == (202, "starting")
+    assert daytona.calls["start"] == 1
+    # The page polls, and clicks again: the restore is waited for, not asked for again.
+    assert client.get("/api/sandbox").json()["sandbox"]["state"] == "starting"
+    assert launch(client).status_code == 202
+    assert daytona.calls["start"] == 1
+
+    daytona.advance_clock(120)
+    done = launch(client)
+    assert done.status_code == 200
+    assert daytona.calls["start"] == 1

@@ -5,6 +5,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connections
 from django.utils import timezone
@@ -109,7 +110,9 @@ def test_a_sandbox_being_destroyed_counts_as_gone(daytona, owner):
 
 
 def test_an_orphan_of_a_user_without_a_sandbox_is_adopted(daytona, owner):
-    orphan = daytona.add_sandbox(name=remote_name_for(owner), labels=owner_labels(owner), state="started")
+    orphan = daytona.add_sandbox(
+        name=remote_name_for(owner), labels=owner_labels(owner), state="started", autoStopInterval=15
+    )
 
     report = sandboxes_reconcile(now=later())
 
@@ -117,6 +120,7 @@ def test_an_orphan_of_a_user_without_a_sandbox_is_adopted(daytona, owner):
     assert sandbox.remote_id == orphan["id"]
     assert sandbox.state == SandboxState.STARTED
     assert report.adopted == 1 and report.orphans == []
+    assert daytona.sandbox(orphan["id"])["autoStopInterval"] == settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES
     assert AuditEvent.objects.filter(sandbox=sandbox, action="adopt").count() == 1
     assert launch(signed_in(owner)).json()["sandbox"]["id"] == orphan["id"]
     assert daytona.calls["create"] == 0
@@ -132,6 +136,20 @@ def test_a_crash_between_remote_create_and_database_write_is_repaired_by_adoptio
     row.refresh_from_db()
     assert report.adopted == 1
     assert row.remote_id == orphan["id"] and row.state == SandboxState.STOPPED
+
+
+def test_an_orphan_whose_auto_stop_cannot_be_set_is_left_for_the_next_pass(daytona, owner):
+    orphan = daytona.add_sandbox(name=remote_name_for(owner), labels=owner_labels(owner), state="started")
+    daytona.fault("autostop", "status", status=500, times=10)
+
+    report = sandboxes_reconcile(now=later())
+
+    assert report.adopted == 0
+    assert [error for error in report.errors if "auto-stop" in error]
+    assert not Sandbox.objects.filter(user=owner).exists()
+    daytona.clear_faults()
+    assert sandboxes_reconcile(now=later()).adopted == 1
+    assert Sandbox.objects.get(user=owner).remote_id == orphan["id"]
 
 
 def test_orphans_that_cannot_be_adopted_are_reported_not_deleted(daytona, owner):

@@ -25,6 +25,26 @@ def test_unknown_provider_is_a_check_error(settings):
         call_command("check")
 
 
+@pytest.mark.parametrize("minutes", [1441, 0], ids=["over-daytonas-day", "zero"])
+def test_access_lifetime_must_fit_daytonas_signed_links(settings, minutes):
+    settings.SANDBOX_PROVIDER = "daytona"
+    settings.DAYTONA_API_KEY = "a-key"
+    settings.SANDBOX_SSH_TOKEN_MINUTES = minutes
+    with pytest.raises(SystemCheckError, match="sandboxes.E009"):
+        call_command("check")
+
+
+def test_a_day_of_access_is_fine_on_daytona_and_longer_on_local_sandboxes(settings):
+    settings.SANDBOX_PROVIDER = "daytona"
+    settings.DAYTONA_API_KEY = "a-key"
+    settings.SANDBOX_SSH_TOKEN_MINUTES = 1440
+    call_command("check")
+    settings.SANDBOX_PROVIDER = "local"
+    settings.DAYTONA_API_KEY = ""
+    settings.SANDBOX_SSH_TOKEN_MINUTES = 7 * 1440
+    call_command("check")
+
+
 def _manage(*args, **env):
     base = {k: v for k, v in os.environ.items() if not k.startswith(("DJANGO_", "SANDBOX_", "DAYTONA_"))}
     return subprocess.run(

@@ -1,17 +1,14 @@
 """The SSH gateway of local sandboxes, driven by the real OpenSSH client, with a real bubblewrap."""
 
-import asyncio
 import os
 import re
 import secrets
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
 import sys
 import threading
-import time
 from datetime import timedelta
 
 import pytest
@@ -19,73 +16,26 @@ from django.conf import settings as django_settings
 from django.core.management import call_command
 
 from sandboxes import services
-from sandboxes.local_only.ssh_gateway import EXPIRED_MESSAGE, STOPPED_MESSAGE, SshGateway, load_or_create_host_key
+from sandboxes.local_only.ssh_gateway import STOPPED_MESSAGE, load_or_create_host_key
 from sandboxes.models import AuditEvent, Sandbox
-from sandboxes.providers import get_provider, reset_providers
-from tests.conftest import launch, signed_in
+from sandboxes.providers import get_provider
 from tests.local_fixtures import local_root, local_settings  # noqa: F401 - fixtures
+from tests.ssh_fixtures import (  # noqa: F401 - fixtures
+    ANY_HOST_KEY,
+    CLIENT,
+    RunningGateway,
+    gateway,
+    needs_ssh,
+    refused,
+    ssh,
+    ssh_access,
+    wait_for,
+)
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),  # the gateway's threads use the database too
-    pytest.mark.skipif(shutil.which("ssh") is None, reason="needs the OpenSSH client (Debian: openssh-client)"),
+    needs_ssh,
 ]
-
-CLIENT = ["-o", "BatchMode=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=5"]
-ANY_HOST_KEY = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"]
-
-
-class RunningGateway:
-    """The gateway on an event loop of its own in a background thread."""
-
-    def __init__(self, host_key_path, *, port: int = 0):
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="ssh-gateway", daemon=True)
-        self.thread.start()
-        key = load_or_create_host_key(host_key_path)
-        self.gateway = SshGateway(host_key=key, bind="127.0.0.1", port=port)
-        self.port = self._call(self.gateway.start())
-
-    def _call(self, coroutine):
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout=15)
-
-    def stop(self) -> None:
-        self._call(self.gateway.stop())
-        self._call(self.loop.shutdown_default_executor())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(timeout=10)
-        self.loop.close()
-
-
-@pytest.fixture
-def gateway(local_settings, tmp_path):  # noqa: F811
-    running = RunningGateway(tmp_path / "ssh_host_ed25519_key")
-    local_settings.SANDBOX_SSH_HOST = "127.0.0.1"
-    local_settings.SANDBOX_SSH_PORT = running.port
-    reset_providers()  # the portal's provider now hands out this host and port
-    yield running
-    running.stop()
-
-
-def ssh(token: str, *command: str, port: int, tty=False, stdin: bytes = b"", options=ANY_HOST_KEY):
-    argv = ["ssh", "-p", str(port), *CLIENT, *options, *(["-tt"] if tty else []), f"{token}@127.0.0.1", *command]
-    return subprocess.run(argv, input=stdin, capture_output=True, timeout=20)
-
-
-def ssh_access(owner) -> dict:
-    response = launch(signed_in(owner))
-    assert response.status_code == 200, response.content
-    access = response.json()["access"]["ssh"]
-    assert not access["token"].startswith("-"), "OpenSSH refuses usernames that begin with '-'"
-    return access
-
-
-def wait_for(condition, *, seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 # --- sessions ---------------------------------------------------------------------------------
@@ -117,10 +67,16 @@ def test_commands_behave_as_over_any_ssh_server(gateway, owner):
     exact = ssh(token, "printf 'a\\nb\\n'; printf 'to-stderr\\n' >&2; exit 7", port=gateway.port)
     piped = ssh(token, "wc -w; cat ~/.no-such-file", port=gateway.port, stdin=b"one\ntwo\nthree")
     script = ssh(token, port=gateway.port, stdin=b"cd /tmp\necho script-in-$PWD\n")
+    binary = bytes(range(256)) * 512 + b"\x04no end of input here\x04"
+    echoed = ssh(token, "cat; echo; tty; printenv TERM || echo no-term", port=gateway.port, stdin=binary)
 
-    assert (exact.returncode, exact.stdout) == (7, b"a\nb\nto-stderr\n")  # byte for byte, no CRs
-    assert piped.returncode == 1 and piped.stdout.startswith(b"3\n")  # the unfinished line counts
+    # byte for byte, no CRs, each stream on its own
+    assert (exact.returncode, exact.stdout, exact.stderr) == (7, b"a\nb\n", b"to-stderr\n")
+    assert piped.returncode == 1 and piped.stdout == b"3\n"  # the unfinished line counts
+    assert b"No such file or directory" in piped.stderr
     assert (script.returncode, script.stdout) == (0, b"script-in-/tmp\n")
+    # binary-safe input (^D is a byte like any other), the end of input is end of file, no terminal
+    assert echoed.stdout == binary + b"\nnot a tty\nno-term\n"
 
 
 def test_an_interactive_session_is_a_login_shell_on_a_terminal(gateway, owner):
@@ -153,10 +109,6 @@ def test_closing_the_connection_ends_the_session(gateway, owner):
 
 
 # --- refusals ---------------------------------------------------------------------------------
-
-
-def refused(result, message: str = EXPIRED_MESSAGE) -> bool:
-    return result.returncode == 255 and message in result.stderr.decode() and result.stdout == b""
 
 
 def test_unknown_revoked_and_expired_tokens_are_refused(gateway, owner, local_settings):

@@ -8,116 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from datetime import timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
-from asgiref.testing import ApplicationCommunicator
-from django.conf import settings
+from channels.db import database_sync_to_async
 from django.test import Client
 from django.utils import timezone
 
-from joepro.asgi import application
 from sandboxes import services
-from sandboxes.models import Sandbox, SandboxState
+from sandboxes.models import ActivitySource, Sandbox, SandboxState, TerminalSession
 from tests.conftest import launch, signed_in
+from tests.terminal_client import WAIT_SECONDS, attach, launched, next_frame, refused_with, run, socket
 
 pytestmark = pytest.mark.django_db(transaction=True)  # channels closes connections in an atomic block
-WAIT_SECONDS = 10
-
-
-class WebsocketClient(ApplicationCommunicator):
-    """The ASGI side of a browser's websocket. (Channels' own communicator needs Daphne.)"""
-
-    def __init__(self, path: str, headers: list[tuple[bytes, bytes]]):
-        path, _, query = path.partition("?")
-        scope = {
-            "type": "websocket",
-            "path": path,
-            "raw_path": path.encode(),
-            "query_string": query.encode(),
-            "headers": headers,
-            "subprotocols": [],
-            "client": ("127.0.0.1", 50000),
-            "server": ("localhost", 80),
-        }
-        super().__init__(application, scope)
-
-    async def connect(self, timeout: float) -> tuple[bool, int | None]:
-        await self.send_input({"type": "websocket.connect"})
-        response = await self.receive_output(timeout)
-        if response["type"] == "websocket.close":
-            return False, response.get("code", 1000)
-        assert response["type"] == "websocket.accept", response
-        return True, None
-
-    async def send_to(self, *, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
-        if text_data is not None:
-            await self.send_input({"type": "websocket.receive", "text": text_data})
-        else:
-            await self.send_input({"type": "websocket.receive", "bytes": bytes_data})
-
-    async def disconnect(self) -> None:
-        await self.send_input({"type": "websocket.disconnect", "code": 1001})
-        await self.wait(WAIT_SECONDS)
-
-
-def launched(user, daytona) -> tuple[str, Client]:
-    """Launch ``user``'s sandbox; its id and the user's signed-in client."""
-    client = signed_in(user)
-    response = launch(client)
-    assert response.status_code == 200, response.content
-    remote_id = response.json()["sandbox"]["id"]
-    assert daytona.sandbox(remote_id)["state"] == "started"
-    return remote_id, client
-
-
-def socket(client: Client | None, remote_id: str, *, session="tab-1", cols=80, rows=24, origin="http://localhost"):
-    headers = [(b"host", b"localhost")]
-    if origin:
-        headers.append((b"origin", origin.encode()))
-    if client is not None:
-        cookie = client.cookies[settings.SESSION_COOKIE_NAME].value
-        headers.append((b"cookie", f"{settings.SESSION_COOKIE_NAME}={cookie}".encode()))
-    query = f"session={session}&cols={cols}&rows={rows}"
-    return WebsocketClient(f"/ws/sandboxes/{remote_id}/terminal/?{query}", headers)
-
-
-async def next_frame(communicator) -> dict:
-    return await communicator.receive_output(timeout=WAIT_SECONDS)
-
-
-async def attach(communicator) -> None:
-    connected, _ = await communicator.connect(timeout=WAIT_SECONDS)
-    assert connected
-    frame = await next_frame(communicator)
-    assert json.loads(frame.get("text") or "{}").get("type") == "attached", frame
-
-
-async def run(communicator, command: str, needle: bytes) -> bytes:
-    """Type ``command`` and read output until ``needle`` shows up."""
-    await communicator.send_to(bytes_data=command.encode() + b"\r")
-    seen = b""
-    deadline = time.monotonic() + WAIT_SECONDS
-    while needle not in seen:
-        assert time.monotonic() < deadline, seen[-500:]
-        frame = await next_frame(communicator)
-        assert frame["type"] == "websocket.send", frame
-        seen += frame.get("bytes") or b""
-    return seen
-
-
-async def refused_with(communicator) -> tuple[int, list[dict]]:
-    """The close code of a refused connection and the control frames sent before it."""
-    connected, _ = await communicator.connect(timeout=WAIT_SECONDS)
-    assert connected  # refusals are sent after the accept, so that the page sees the code
-    controls = []
-    while True:
-        frame = await next_frame(communicator)
-        if frame["type"] == "websocket.close":
-            return frame["code"], controls
-        controls.append(json.loads(frame["text"]))
 
 
 def test_owner_gets_a_shell_in_their_sandbox(owner, daytona):
@@ -125,14 +29,17 @@ def test_owner_gets_a_shell_in_their_sandbox(owner, daytona):
 
     async def scenario():
         terminal = socket(client, remote_id, cols=120, rows=40)
-        await attach(terminal)
+        session = await attach(terminal)
         await run(terminal, "echo $((6*7))", b"42")
         await run(terminal, "stty size", b"40 120")
         await terminal.disconnect()
+        return session
 
-    async_to_sync(scenario)()
+    session = async_to_sync(scenario)()
     assert daytona.calls["pty_create"] == 1
-    assert [s.id for s in daytona.ptys.list(remote_id)] == ["tab-1"]  # detached, not killed
+    assert [s.id for s in daytona.ptys.list(remote_id)] == [session]  # detached, not killed
+    registered = TerminalSession.objects.get(session_id=session)
+    assert (registered.sandbox.user, registered.remote_id, registered.clients) == (owner, remote_id, 0)
 
 
 def test_reconnecting_with_the_same_session_finds_the_same_shell(owner, daytona):
@@ -140,24 +47,107 @@ def test_reconnecting_with_the_same_session_finds_the_same_shell(owner, daytona)
 
     async def scenario():
         first = socket(client, remote_id)
-        await attach(first)
+        session = await attach(first)
         await run(first, "export MARK=abc123; echo ready-$((1+1))", b"ready-2")
         await first.disconnect()
 
-        again = socket(client, remote_id)
-        await attach(again)
+        again = socket(client, remote_id, session=session)
+        assert await attach(again) == session
         await run(again, 'echo "[$MARK]"', b"[abc123]")
         await again.disconnect()
 
-        other_tab = socket(client, remote_id, session="tab-2")
-        await attach(other_tab)
+        other_tab = socket(client, remote_id)
+        other = await attach(other_tab)
         output = await run(other_tab, 'echo "[${MARK:-unset}]"', b"]\r\n")
         assert b"[unset]" in output
         await other_tab.disconnect()
+        return session, other
 
-    async_to_sync(scenario)()
-    assert daytona.calls["pty_connect"] == 1  # tab-1 again, after its create was refused
-    assert sorted(s.id for s in daytona.ptys.list(remote_id)) == ["tab-1", "tab-2"]
+    session, other = async_to_sync(scenario)()
+    assert session != other
+    assert daytona.calls["pty_connect"] == 1  # the first session again, after its create was refused
+    assert sorted(s.id for s in daytona.ptys.list(remote_id)) == sorted([session, other])
+
+
+def test_the_portal_names_the_sessions_not_the_browser(owner, teammate, daytona):
+    remote_id, client = launched(owner, daytona)
+    teammates_id, teammates_client = launched(teammate, daytona)
+
+    async def scenario():
+        theirs = socket(teammates_client, teammates_id)
+        their_session = await attach(theirs)
+        await run(theirs, "export SECRET=theirs; echo set-$((2+2))", b"set-4")
+        await theirs.disconnect()
+
+        # A session id that was never handed out for this sandbox, or another sandbox's, names
+        # nothing: a new shell is opened under a new name.
+        named = []
+        for guess in ("tab-1", their_session):
+            mine = socket(client, remote_id, session=guess)
+            named.append(await attach(mine))
+            output = await run(mine, 'echo "[${SECRET:-unset}]"', b"]\r\n")
+            assert b"[unset]" in output
+            await mine.disconnect()
+        return their_session, named
+
+    their_session, named = async_to_sync(scenario)()
+    assert their_session not in named and "tab-1" not in named
+    assert all(name.startswith("web-") for name in named)
+    assert [s.id for s in daytona.ptys.list(teammates_id)] == [their_session]
+
+
+def test_sessions_are_bounded_per_sandbox(owner, daytona, settings):
+    settings.SANDBOX_TERMINAL_SESSIONS = 2
+    remote_id, client = launched(owner, daytona)
+
+    async def scenario():
+        first, second = socket(client, remote_id), socket(client, remote_id)
+        first_id = await attach(first)
+        await attach(second)
+        code, controls = await refused_with(socket(client, remote_id))  # both are attached
+        assert (code, [c["type"] for c in controls]) == (4429, ["error"])
+        assert "2 terminals" in controls[0]["message"]
+
+        # Once one of them is closed (detached), a new tab takes its place and its shell ends.
+        await first.disconnect()
+        third = socket(client, remote_id)
+        third_id = await attach(third)
+        await run(third, "echo $((6*7))", b"42")
+        await second.disconnect()
+        await third.disconnect()
+        return first_id, third_id
+
+    first_id, third_id = async_to_sync(scenario)()
+    live = [s.id for s in daytona.ptys.list(remote_id)]
+    assert first_id not in live and third_id in live and len(live) == 2
+    assert TerminalSession.objects.filter(sandbox__user=owner).count() == 2
+
+
+def test_sessions_nobody_is_attached_to_are_ended_after_a_while(owner, daytona, settings):
+    settings.SANDBOX_TERMINAL_DETACHED_MINUTES = 30
+    remote_id, client = launched(owner, daytona)
+    now = timezone.now()
+    in_thread = database_sync_to_async(lambda function, **kwargs: function(**kwargs))
+
+    async def scenario():
+        left, staying = socket(client, remote_id), socket(client, remote_id)
+        left_id = await attach(left)
+        staying_id = await attach(staying)
+        await left.disconnect()
+
+        assert await in_thread(services.terminals_reap, now=now + timedelta(minutes=29)) == 0
+        assert sorted(s.id for s in daytona.ptys.list(remote_id)) == sorted([left_id, staying_id])
+
+        # The attached tab renews its claim (every minute); the other one's runs out.
+        await in_thread(services.terminal_renew, session_id=staying_id, now=now + timedelta(minutes=30))
+        assert await in_thread(services.terminals_reap, now=now + timedelta(minutes=31)) == 1
+        assert [s.id for s in daytona.ptys.list(remote_id)] == [staying_id]
+        await run(staying, "echo $((6*7))", b"42")
+        await staying.disconnect()
+        return staying_id
+
+    staying_id = async_to_sync(scenario)()
+    assert list(TerminalSession.objects.values_list("session_id", flat=True)) == [staying_id]
 
 
 def test_resize_reaches_the_pty(owner, daytona):
@@ -222,6 +212,21 @@ def test_terminal_use_counts_as_activity(owner, daytona):
     async_to_sync(scenario)()
     sandbox = Sandbox.objects.get(user=owner)
     assert timezone.now() - sandbox.last_activity_at < timedelta(minutes=1)
+    assert sandbox.last_activity_source in (ActivitySource.TERMINAL_INPUT, ActivitySource.TERMINAL_OUTPUT)
+
+
+def test_the_portals_terminal_traffic_is_not_activity_on_daytona(owner, daytona):
+    remote_id, client = launched(owner, daytona)
+
+    async def scenario():
+        terminal = socket(client, remote_id)
+        await attach(terminal)
+        await run(terminal, "echo $((6*7))", b"42")
+        await terminal.disconnect()
+
+    async_to_sync(scenario)()
+    toolbox = [r for r in daytona.requests if r.operation.startswith("pty_")]
+    assert toolbox and all(r.headers.get("X-Daytona-Skip-Last-Activity-Update") == "true" for r in toolbox)
 
 
 def test_only_the_owner_can_open_the_terminal(owner, teammate, outsider, daytona):

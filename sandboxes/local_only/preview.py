@@ -159,6 +159,7 @@ def _split_capability(path: str) -> tuple[str | None, str]:
 def _proxy(request, sandbox, path: str, *, base: str):
     port = settings.SANDBOX_PREVIEW_PORT
     remote_id = sandbox.remote_id
+    services.preview_record_activity(sandbox=sandbox)
     try:
         sock = services.preview_connect(sandbox=sandbox, port=port)
     except services.SandboxError as exc:

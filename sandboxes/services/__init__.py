@@ -12,7 +12,7 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 - :mod:`.activity`   what keeps a sandbox from the idle stop; the provider's idle timer
 - :mod:`.lifecycle`  stop (one, many, the idle policy), start, delete, sync
 - :mod:`.reconcile`  make the rows true to what really runs
-- :mod:`.terminals`  PTY sessions for the web terminal and the SSH gateway
+- :mod:`.terminals`  PTY sessions: the web terminal's (minted, bounded, reaped), the SSH gateway's
 - :mod:`.gateways`   the portal's own preview relay and SSH gateway, where a provider has none
 - :mod:`.configuration`  what keeps the configured provider from working, for system checks
 """
@@ -20,17 +20,22 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 from sandboxes.providers.base import ErrorKind
 
 from .access import links_to_expire, stored_access
-from .activity import sandbox_record_activity, sandbox_refresh_activity
+from .activity import idle_stop_at, sandbox_extend, sandbox_record_activity, sandbox_refresh_activity
 from .configuration import PROVIDER_NAMES, provider_problems
 from .errors import SandboxError
 from .gateways import (
+    Process,
     SshRefusal,
     SshTarget,
     SshTokenCheck,
     preview_connect,
     preview_link_nonce,
+    preview_record_activity,
     preview_sandbox,
+    ssh_connection_check,
     ssh_gateway_needed,
+    ssh_port_connect,
+    ssh_process_open,
     ssh_record_activity,
     ssh_terminal_open,
     ssh_token_check,
@@ -58,7 +63,14 @@ from .rows import (
     remote_name_for,
     sandbox_get_or_create_row,
 )
-from .terminals import Terminal, sandbox_remote_state, terminal_open
+from .terminals import (
+    Terminal,
+    sandbox_remote_state,
+    terminal_open,
+    terminal_release,
+    terminal_renew,
+    terminals_reap,
+)
 
 __all__ = [
     "LABEL_DEPLOYMENT",
@@ -68,6 +80,7 @@ __all__ = [
     "ErrorKind",
     "Launch",
     "Orphan",
+    "Process",
     "ReconcileReport",
     "SandboxError",
     "SshRefusal",
@@ -76,15 +89,18 @@ __all__ = [
     "StopReport",
     "Terminal",
     "exclusive_lock",
+    "idle_stop_at",
     "links_to_expire",
     "managed_labels",
     "owner_labels",
     "preview_connect",
     "preview_link_nonce",
+    "preview_record_activity",
     "preview_sandbox",
     "provider_problems",
     "remote_name_for",
     "sandbox_delete",
+    "sandbox_extend",
     "sandbox_get_or_create_row",
     "sandbox_launch",
     "sandbox_record_activity",
@@ -98,11 +114,17 @@ __all__ = [
     "sandboxes_reconcile",
     "sandboxes_stop_idle",
     "sandboxes_stop_many",
+    "ssh_connection_check",
     "ssh_gateway_needed",
+    "ssh_port_connect",
+    "ssh_process_open",
     "ssh_record_activity",
     "ssh_terminal_open",
     "ssh_token_check",
     "stored_access",
     "terminal_open",
+    "terminal_release",
+    "terminal_renew",
+    "terminals_reap",
     "will_stop",
 ]

@@ -1,5 +1,13 @@
 """Activity: what keeps a sandbox from the idle stop, and the provider's own idle timer.
 
+Activity means a person: keystrokes or pointer use on a portal page, terminal input and output,
+SSH traffic through the portal's gateway, requests to the preview the portal serves, a launch
+or an explicit extend (:class:`ActivitySource`). An open tab, an open connection, or a timestamp
+that the portal's own traffic moved on the provider is not. The provider's own last-activity
+time counts only where the provider has doors the portal never sees
+(``Capability.OUTSIDE_ACTIVITY``: Daytona's SSH gateway and preview proxy), and only where the
+portal's own calls do not explain it (:func:`outside_activity`).
+
 The idle clock itself (when it started, how long it has run) is the row's:
 :attr:`Sandbox.idle_since` and ``Sandbox.objects.with_idle_since()``.
 """
@@ -17,41 +25,64 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from sandboxes.models import Sandbox
-from sandboxes.providers.base import ErrorKind, ProviderError, RemoteSandbox, RemoteState
+from sandboxes.models import ActivitySource, Sandbox
+from sandboxes.providers import provider_supports
+from sandboxes.providers.base import Capability, ErrorKind, ProviderError, RemoteSandbox, RemoteState
 
-from .errors import provider_failures_as_sandbox_errors
+from .errors import SandboxError, provider_failures_as_sandbox_errors
 from .rows import provider_for
 
 log = logging.getLogger(__name__)
 
 REFRESH_TASK = "sandboxes.tasks.refresh_sandbox_activity"
+# How far behind the portal's own touch the provider's timestamp may land: Daytona throttles
+# activity writes (5 s) and flushes them every 10 s, so its timestamp lags 10-20 s.
+PROVIDER_ACTIVITY_LAG = timedelta(seconds=30)
 
 
-def sandbox_record_activity(*, sandbox: Sandbox, source: str, now: datetime | None = None) -> bool:
-    """Note that the user is using the sandbox (``source``: "heartbeat", "terminal", "ssh"...).
+def sandbox_record_activity(
+    *, sandbox: Sandbox, source: ActivitySource | str, now: datetime | None = None, always: bool = False
+) -> bool:
+    """Note that the user is using the sandbox (``source``: one of :class:`ActivitySource`).
 
-    Written at most every ``SANDBOX_ACTIVITY_WRITE_SECONDS`` (a conditional update, no read).
-    While the sandbox runs, the provider's own idle timer is refreshed at most every
-    ``SANDBOX_ACTIVITY_REFRESH_MINUTES`` by a task enqueued after commit, so the provider's
-    auto-stop (a backstop) never stops a sandbox the portal sees in use. Returns whether the
-    activity was written.
+    Written at most every ``SANDBOX_ACTIVITY_WRITE_SECONDS`` (a conditional update, no read),
+    unless ``always`` (an explicit extend). While the sandbox runs, the provider's own idle
+    timer is refreshed at most every ``SANDBOX_ACTIVITY_REFRESH_MINUTES`` by a task enqueued
+    after commit, so the provider's auto-stop (a backstop) never stops a sandbox the portal
+    sees in use. Returns whether the activity was written.
     """
     now = now or timezone.now()
-    threshold = now - timedelta(seconds=settings.SANDBOX_ACTIVITY_WRITE_SECONDS)
+    threshold = now if always else now - timedelta(seconds=settings.SANDBOX_ACTIVITY_WRITE_SECONDS)
     written = (
         Sandbox.objects.filter(pk=sandbox.pk)
         .filter(Q(last_activity_at__isnull=True) | Q(last_activity_at__lt=threshold))
-        .update(last_activity_at=now)
+        .update(last_activity_at=now, last_activity_source=str(source))
     )
     if written:
-        sandbox.last_activity_at = now
+        sandbox.last_activity_at, sandbox.last_activity_source = now, str(source)
         log.debug("activity on %s from %s", sandbox.remote_name, source)
     refresh_every = settings.SANDBOX_ACTIVITY_REFRESH_MINUTES * 60
     refresh_due = sandbox.is_running and sandbox.remote_id
     if refresh_due and cache.add(f"sandbox-activity-refresh:{sandbox.pk}", 1, refresh_every):
         transaction.on_commit(partial(_enqueue_activity_refresh, sandbox.pk))
     return bool(written)
+
+
+def sandbox_extend(*, sandbox: Sandbox, now: datetime | None = None) -> Sandbox:
+    """The user asks for more time: the idle clock starts again now. Only for a running
+    sandbox (``SandboxError("not_running")`` otherwise)."""
+    if not sandbox.is_running:
+        raise SandboxError("not_running", "Your sandbox is not running; open it to start it again.")
+    sandbox_record_activity(sandbox=sandbox, source=ActivitySource.EXTEND, now=now, always=True)
+    return sandbox
+
+
+def idle_stop_at(sandbox: Sandbox) -> datetime | None:
+    """When the idle policy stops the running sandbox unless someone uses it; None when it is
+    not running."""
+    if not sandbox.is_running:
+        return None
+    return sandbox.idle_since + timedelta(minutes=settings.SANDBOX_IDLE_MINUTES)
 
 
 def _enqueue_activity_refresh(sandbox_id: int) -> None:
@@ -64,8 +95,9 @@ def _enqueue_activity_refresh(sandbox_id: int) -> None:
 
 @provider_failures_as_sandbox_errors
 def sandbox_refresh_activity(*, sandbox: Sandbox) -> bool:
-    """Reset the provider's idle timer of a running sandbox. Returns whether a call was made;
-    a sandbox that stopped or vanished meanwhile is left alone."""
+    """Reset the provider's idle timer of a running sandbox, and remember that the portal moved
+    it (so the provider's timestamp is not mistaken for a user's). Returns whether a call was
+    made; a sandbox that stopped or vanished meanwhile is left alone."""
     if not (sandbox.is_running and sandbox.remote_id):
         return False
     try:
@@ -74,30 +106,44 @@ def sandbox_refresh_activity(*, sandbox: Sandbox) -> bool:
         if exc.kind is ErrorKind.NOT_FOUND:
             return False
         raise
+    note_remote_touch(sandbox, timezone.now())
+    Sandbox.objects.filter(pk=sandbox.pk).update(remote_touched_at=sandbox.remote_touched_at)
     return True
 
 
-def remote_activity(remote: RemoteSandbox, now: datetime) -> datetime:
-    """The provider's last-activity time, never in the future, to the whole minute: the idle
-    limit is counted in hours, and rows used within the same minute are then written together."""
-    return min(remote.last_activity_at, now).replace(second=0, microsecond=0)
+def note_remote_touch(sandbox: Sandbox, now: datetime) -> None:
+    """Remember (on the unsaved row) that the portal's own call moved the provider's
+    activity timer just now: a refresh, a create, a start, a recovery."""
+    sandbox.remote_touched_at = now
 
 
-def has_newer_remote_activity(row: Sandbox, remote: RemoteSandbox, now: datetime) -> bool:
-    """Whether the provider saw the running sandbox in use after the row last did (by at
-    least ``SANDBOX_ACTIVITY_WRITE_SECONDS``)."""
-    if remote.state is not RemoteState.STARTED or remote.last_activity_at is None:
-        return False
-    moment = remote_activity(remote, now)
-    step = timedelta(seconds=settings.SANDBOX_ACTIVITY_WRITE_SECONDS)
-    return row.last_activity_at is None or moment - row.last_activity_at >= step
+def outside_activity(row: Sandbox, remote: RemoteSandbox | None, now: datetime) -> datetime | None:
+    """When the provider last saw the running sandbox used in a way the portal did not record,
+    or None.
 
-
-def fold_remote_activity(sandbox: Sandbox, remote: RemoteSandbox | None, now: datetime) -> None:
-    """Take the provider's own last-activity time (Daytona counts SSH sessions) when it is
-    newer. Only for a running sandbox: a stop or start also moves the provider's timestamp."""
+    Only providers with ``Capability.OUTSIDE_ACTIVITY`` have such doors. Their timestamp counts
+    when it is newer than the row's own activity (by at least ``SANDBOX_ACTIVITY_WRITE_SECONDS``)
+    and later than the portal's own last touch of the provider's timer plus its write lag.
+    The portal's terminal bridge never moves it (its traffic asks the provider not to count it).
+    Returned to the whole minute: the idle limit is counted in hours, and rows used within the
+    same minute are then written together.
+    """
     if remote is None or remote.state is not RemoteState.STARTED or remote.last_activity_at is None:
-        return
-    moment = remote_activity(remote, now)
-    if sandbox.last_activity_at is None or moment > sandbox.last_activity_at:
-        sandbox.last_activity_at = moment
+        return None
+    if not provider_supports(row.provider, Capability.OUTSIDE_ACTIVITY):
+        return None
+    moment = min(remote.last_activity_at, now)
+    if row.remote_touched_at is not None and moment <= row.remote_touched_at + PROVIDER_ACTIVITY_LAG:
+        return None
+    step = timedelta(seconds=settings.SANDBOX_ACTIVITY_WRITE_SECONDS)
+    if row.last_activity_at is not None and moment - row.last_activity_at < step:
+        return None
+    return moment.replace(second=0, microsecond=0)
+
+
+def fold_outside_activity(row: Sandbox, remote: RemoteSandbox | None, now: datetime) -> None:
+    """Take the provider's activity into the (unsaved) row where :func:`outside_activity` says
+    it shows use the portal did not see."""
+    moment = outside_activity(row, remote, now)
+    if moment is not None and (row.last_activity_at is None or moment > row.last_activity_at):
+        row.last_activity_at, row.last_activity_source = moment, ActivitySource.PROVIDER

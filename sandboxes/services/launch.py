@@ -13,7 +13,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
-from sandboxes.models import AuditEvent, Sandbox
+from sandboxes.models import ActivitySource, AuditEvent, Sandbox, SandboxState
 from sandboxes.providers.base import (
     ErrorKind,
     ProviderError,
@@ -25,6 +25,7 @@ from sandboxes.providers.base import (
 )
 
 from .access import access_for
+from .activity import note_remote_touch
 from .errors import SandboxError, provider_failures_as_sandbox_errors
 from .locks import locked_for_action
 from .rows import (
@@ -86,10 +87,13 @@ def _launch_locked(sandbox: Sandbox, provider: SandboxProvider, user, now: datet
     deadline = time.monotonic() + settings.SANDBOX_LAUNCH_WAIT_SECONDS
     remote, acted = _ensure_started(sandbox, provider, user, deadline)
     apply_remote(sandbox, remote, now)
+    if acted:
+        note_remote_touch(sandbox, now)  # a create or start moves the provider's own activity timer
     if remote.state is not RemoteState.STARTED:
         return Launch(sandbox=sandbox, access=None)
     access = access_for(sandbox, provider, user, fresh=acted, now=now)
-    sandbox.last_activity_at = now
+    sandbox.last_activity_at, sandbox.last_activity_source = now, ActivitySource.LAUNCH
+    sandbox.build_retried_for = ""
     clear_failure(sandbox)
     audit(sandbox, AuditEvent.Action.LAUNCH, actor_type=Actor.USER, actor=user)
     return Launch(sandbox=sandbox, access=access)
@@ -117,7 +121,9 @@ def _ensure_started(sandbox: Sandbox, provider: SandboxProvider, user, deadline:
         if state in (RemoteState.STOPPED, RemoteState.ARCHIVED):
             remote = _start(sandbox, provider, remote, user, deadline)
             acted = True
-        elif state in (RemoteState.CREATING, RemoteState.STARTING, RemoteState.STOPPING):
+        elif state in (RemoteState.CREATING, RemoteState.STARTING, RemoteState.STOPPING, RemoteState.UNKNOWN):
+            # UNKNOWN: the provider itself does not know yet (Daytona, between a build and the
+            # runner's first report); it settles like a transition.
             remote = _wait_while(provider, remote, {state}, deadline)
             if remote.state is state:
                 return remote, acted
@@ -128,12 +134,6 @@ def _ensure_started(sandbox: Sandbox, provider: SandboxProvider, user, deadline:
             apply_remote(sandbox, None, timezone.now())
             remote = _create(sandbox, provider, user, deadline)
             acted = True
-        else:
-            raise ProviderError(
-                f"The sandbox is in a state the portal does not know ({remote.backend_state}).",
-                kind=ErrorKind.UNAVAILABLE,
-                retryable=True,
-            )
         if _seconds_left(deadline) == 0 and remote.state is not RemoteState.STARTED:
             return remote, acted
     return remote, acted
@@ -164,6 +164,8 @@ def find_own(sandbox: Sandbox, provider: SandboxProvider, user) -> RemoteSandbox
             "A sandbox that does not belong to you already uses your sandbox's name. "
             "An operator has to resolve this; nothing was handed out.",
         )
+    # Its own idle stop may be anything (Daytona's default is 15 minutes): set the backstop.
+    provider.set_auto_stop(remote.id, settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES)
     sandbox.remote_id = remote.id
     audit(sandbox, AuditEvent.Action.ADOPT, actor_type=Actor.SYSTEM, remote_id=remote.id)
     return remote
@@ -217,20 +219,45 @@ def _start(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
 
 
 def _recover_or_replace(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
+    """Recover an errored sandbox where the provider can, else replace it.
+
+    A sandbox whose image failed to build is replaced once per image by itself: the same build
+    most likely fails again, so after that the user and the operator are shown the build error
+    (``SandboxError("build_failed")``) and nothing is deleted or rebuilt until the image changes
+    or an operator deletes the sandbox.
+    """
     if remote.recoverable:
         recovered = provider.recover(remote.id, wait_seconds=_seconds_left(deadline))
         audit(sandbox, AuditEvent.Action.RECOVER, actor_type=Actor.USER, actor=user, error=remote.error_reason)
         return recovered
+    reason = "unrecoverable error, replaced"
+    if remote.build_failed:
+        image = settings.SANDBOX_SNAPSHOT or settings.SANDBOX_IMAGE
+        if sandbox.build_retried_for == image:
+            apply_remote(sandbox, remote, timezone.now())
+            raise SandboxError(
+                "build_failed",
+                f"Your sandbox's image could not be built ({_shortened(remote.error_reason) or 'no reason given'}). "
+                "Trying again would fail the same way: an operator has to fix the image or delete the sandbox.",
+                status=503,
+            )
+        sandbox.build_retried_for = image
+        reason = "image build failed, built once more"
     provider.delete(remote.id)
     audit(
         sandbox,
         AuditEvent.Action.DELETE,
         actor_type=Actor.SYSTEM,
-        reason="unrecoverable error, replaced",
+        reason=reason,
         error=remote.error_reason,
     )
     apply_remote(sandbox, None, timezone.now())
     return _create(sandbox, provider, user, deadline)
+
+
+def _shortened(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _wait_while(provider, remote: RemoteSandbox, states: set[RemoteState], deadline: float) -> RemoteSandbox:
@@ -249,7 +276,8 @@ def sandbox_status(*, user, now: datetime | None = None) -> Sandbox | None:
     synced from the provider (at most once a second) unless a launch holds its lock; a
     provider failure is recorded on the row, not raised."""
     sandbox = Sandbox.objects.filter(user=user).first()
-    if sandbox is None or not (sandbox.is_transitioning and sandbox.remote_id):
+    unsettled = sandbox is not None and (sandbox.is_transitioning or sandbox.state == SandboxState.UNKNOWN)
+    if not (unsettled and sandbox.remote_id):
         return sandbox
     now = now or timezone.now()
     if sandbox.last_synced_at and now - sandbox.last_synced_at < STATUS_SYNC_INTERVAL:

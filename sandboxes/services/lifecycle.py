@@ -24,7 +24,7 @@ from sandboxes.providers import get_provider
 from sandboxes.providers.base import ErrorKind, ProviderError, RemoteSandbox, RemoteState, SignedLink
 
 from .access import links_to_expire
-from .activity import fold_remote_activity
+from .activity import fold_outside_activity, note_remote_touch
 from .errors import SandboxError, provider_failures_as_sandbox_errors
 from .launch import find_own
 from .locks import exclusive_lock, lock_rows, locked_for_action
@@ -80,12 +80,12 @@ class _StopOutcome:
     links_kept: bool = False
 
 
-def _stop_remote(provider_name: str, remote_id: str, links: list[SignedLink]) -> _StopOutcome:
+def _stop_remote(provider_name: str, remote_id: str, links: list[SignedLink], wait_seconds: float) -> _StopOutcome:
     """Stop one remote sandbox and expire its links. Runs on a pool thread: no database."""
     try:
         provider = get_provider(provider_name)
         try:
-            remote = provider.stop(remote_id, wait_seconds=0)
+            remote = provider.stop(remote_id, wait_seconds=wait_seconds)
         except ProviderError as exc:
             if exc.kind is ErrorKind.NOT_FOUND:
                 return _StopOutcome(gone=True)
@@ -108,9 +108,17 @@ def sandbox_stop(
     *, sandbox: Sandbox, actor_type: str, actor=None, reason: str, now: datetime | None = None
 ) -> StopReport:
     """Stop one sandbox (files are kept), revoke its SSH tokens and expire its links; the
-    owner's next launch resumes it. See :func:`sandboxes_stop_many`."""
+    owner's next launch resumes it. Waits up to ``SANDBOX_LAUNCH_WAIT_SECONDS`` for the stop to
+    complete (the row says ``stopping`` if it takes longer; reconcile settles it). See
+    :func:`sandboxes_stop_many`."""
     report = sandboxes_stop_many(
-        sandbox_ids=[sandbox.pk], actor_type=actor_type, actor=actor, reason=reason, concurrency=1, now=now
+        sandbox_ids=[sandbox.pk],
+        actor_type=actor_type,
+        actor=actor,
+        reason=reason,
+        concurrency=1,
+        now=now,
+        wait_seconds=settings.SANDBOX_LAUNCH_WAIT_SECONDS,
     )
     sandbox.refresh_from_db()
     return report
@@ -125,8 +133,11 @@ def sandboxes_stop_many(
     concurrency: int | None = None,
     now: datetime | None = None,
     idle_before: datetime | None = None,
+    wait_seconds: float = 0,
 ) -> StopReport:
-    """Stop the given sandboxes with at most ``concurrency`` provider calls in flight.
+    """Stop the given sandboxes with at most ``concurrency`` provider calls in flight, each
+    waiting up to ``wait_seconds`` for its stop to complete (none by default: a row still
+    ``stopping`` is settled by the next reconcile).
 
     Each row is locked (in primary-key order, waiting for a launch in progress) and checked
     again before its stop is sent: one already at rest counts as already stopped, so two runs
@@ -142,6 +153,7 @@ def sandboxes_stop_many(
         now=now or timezone.now(),
         idle_before=idle_before,
         skip_locked=False,
+        wait_seconds=wait_seconds,
     )
 
 
@@ -234,6 +246,7 @@ def _stop_rows(
     now: datetime,
     idle_before: datetime | None,
     skip_locked: bool,
+    wait_seconds: float = 0,
 ) -> StopReport:
     report = StopReport()
     if not ids:
@@ -251,12 +264,13 @@ def _stop_rows(
                 now=now,
                 idle_before=idle_before,
                 skip_locked=skip_locked,
+                wait_seconds=wait_seconds,
             )
     return report
 
 
 def _stop_chunk(
-    ids: list[int], *, pool, report: StopReport, actor_type, actor, reason, now, idle_before, skip_locked
+    ids: list[int], *, pool, report: StopReport, actor_type, actor, reason, now, idle_before, skip_locked, wait_seconds
 ) -> None:
     with transaction.atomic():
         queryset = Sandbox.objects.select_related("user").filter(pk__in=ids).order_by("pk")
@@ -273,7 +287,8 @@ def _stop_chunk(
         # Whether a link still works is the provider's wall-clock fact, whatever ``now`` says.
         wall_clock = timezone.now()
         outcomes = pool.map(
-            lambda row: _stop_remote(row.provider, row.remote_id, links_to_expire(row, wall_clock)), targets
+            lambda row: _stop_remote(row.provider, row.remote_id, links_to_expire(row, wall_clock), wait_seconds),
+            targets,
         )
         events, changes = [], []
         for row, outcome in zip(targets, outcomes, strict=True):
@@ -343,6 +358,7 @@ def sandbox_start(
                     )
                 raise
             apply_remote(row, remote, now)
+            note_remote_touch(row, now)
             clear_failure(row)
             audit(
                 row,
@@ -402,7 +418,7 @@ def sandbox_sync(*, sandbox: Sandbox, actor_type: str, actor=None, now: datetime
                 remote = None
             if remote is not None or row.remote_id or row.state != SandboxState.PENDING:
                 apply_remote(row, remote, now)
-            fold_remote_activity(row, remote, now)
+            fold_outside_activity(row, remote, now)
             audit(
                 row,
                 AuditEvent.Action.STATE_SYNCED,

@@ -16,7 +16,7 @@ from sandboxes.models import AuditEvent, Sandbox, SandboxState
 from sandboxes.providers import get_provider
 from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState, SandboxProvider
 
-from .activity import fold_remote_activity, has_newer_remote_activity
+from .activity import fold_outside_activity, outside_activity
 from .locks import exclusive_lock, lock_rows
 from .rows import (
     LABEL_OWNER,
@@ -118,7 +118,8 @@ def sandboxes_reconcile(
 
     Never calls anything that counts as activity on the provider (no toolbox, no
     ``refresh_activity``) and never writes activity of its own: only the provider's
-    last-activity time of running sandboxes is folded in. Rows are written in bulk, each only
+    last-activity time of running sandboxes is folded in, where it shows use the portal did
+    not see (``services.activity.outside_activity``). Rows are written in bulk, each only
     if a launch or stop did not change it meanwhile. ``dry_run`` reads and reports, writes
     nothing. Orphans are adopted when their owner label names an existing user without a
     sandbox; others are reported, and deleted only with ``delete_orphans``.
@@ -192,7 +193,7 @@ def _reconcile_provider(name, *, now, dry_run, delete_orphans, stuck_before, rep
             ambiguous.append((1, "row", row))
         elif _drifted(row, remote) and row.state_changed_at is not None and row.state_changed_at >= recent:
             ambiguous.append((3, "row", row))
-        elif _drifted(row, remote) or has_newer_remote_activity(row, remote, now):
+        elif _drifted(row, remote) or outside_activity(row, remote, now) is not None:
             plans.append(_Plan(row=row, remote=remote, stuck=stuck, seen=_seen(row)))
     for remote in listed.values():
         if remote.id not in owned_ids and remote.state is not RemoteState.DESTROYING:
@@ -221,7 +222,7 @@ def _reconcile_provider(name, *, now, dry_run, delete_orphans, stuck_before, rep
             continue
         if remote is not None and stuck and remote.state.is_transition:
             report.stuck += 1
-        if remote is None or _drifted(row, remote) or has_newer_remote_activity(row, remote, now):
+        if remote is None or _drifted(row, remote) or outside_activity(row, remote, now) is not None:
             plans.append(_Plan(row=row, remote=remote, stuck=stuck, seen=_seen(row)))
 
     plans.extend(
@@ -344,7 +345,7 @@ def _write_plans(plans: list[_Plan], *, now: datetime, report: ReconcileReport) 
                 changes.append((row, snapshot(row)))
                 remote = plan.remote if portal_state(plan.remote) != SandboxState.GONE else None
                 apply_remote(row, remote, now)  # None: gone, and the row lets go of the remote id
-                fold_remote_activity(row, remote, now)
+                fold_outside_activity(row, remote, now)
                 _count(report, plan, before, row.state)
                 if row.state != before:
                     events.append(
@@ -362,6 +363,12 @@ def _write_plans(plans: list[_Plan], *, now: datetime, report: ReconcileReport) 
 
 def _adopt(plan: _Plan, *, now: datetime, report: ReconcileReport) -> None:
     remote = plan.remote
+    try:
+        # The orphan's own idle stop may be anything: the backstop is set before it is adopted.
+        get_provider(plan.row.provider).set_auto_stop(remote.id, settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES)
+    except ProviderError as exc:
+        report.errors.append(f"{plan.row.provider}: setting the auto-stop of orphan {remote.id} failed: {exc}")
+        return
     try:
         with transaction.atomic():
             if plan.row.pk is None:

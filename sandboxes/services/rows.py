@@ -31,6 +31,8 @@ SYNCED_FIELDS = [
     "last_started_at",
     "last_stopped_at",
     "last_activity_at",
+    "last_activity_source",
+    "remote_touched_at",
     "last_synced_at",
     "last_error",
     "last_error_code",

@@ -1,22 +1,50 @@
-"""Terminal sessions in a sandbox, for the doors that bridge them (the web terminal, the SSH
-gateway)."""
+"""Terminal sessions in a sandbox: the web terminal's PTY sessions, which the portal names,
+counts and ends, and the :class:`Terminal` the doors bridge (the web terminal, the SSH gateway).
+
+A web terminal session is minted here (a browser only ever names a session it was given),
+registered as a :class:`TerminalSession` row, and lives in the sandbox beyond its websockets:
+a reload or a reconnect finds the same shell. At most ``SANDBOX_TERMINAL_SESSIONS`` exist per
+sandbox; a session nobody has been attached to for ``SANDBOX_TERMINAL_DETACHED_MINUTES`` is
+ended by :func:`terminals_reap` (Daytona never reaps PTY sessions by itself).
+"""
 
 from __future__ import annotations
 
-from sandboxes.models import Sandbox, SandboxState
-from sandboxes.providers.base import ProviderError, TerminalSession
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Q
+from django.db.models.functions import Greatest
+from django.utils import timezone
+
+from sandboxes.models import Sandbox, SandboxState, TerminalSession
+from sandboxes.providers.base import ProviderError
+from sandboxes.providers.base import TerminalSession as ProviderTerminal
 
 from .errors import SandboxError, provider_failures_as_sandbox_errors
 from .rows import portal_state, provider_for
 
+log = logging.getLogger(__name__)
+
+SESSION_PREFIX = "web-"
+
+
+def lease_length() -> timedelta:
+    """How long an attachment counts without being renewed: two renewals and a margin."""
+    return timedelta(seconds=2.5 * settings.SANDBOX_TERMINAL_RENEW_SECONDS)
+
 
 class Terminal:
-    """One attachment to a PTY session in a sandbox: the provider's :class:`TerminalSession`
-    (whose docstrings say what each call does), with failures raised as :class:`SandboxError`."""
+    """One attachment to a PTY session in a sandbox: the provider's terminal session (whose
+    docstrings say what each call does), with failures raised as :class:`SandboxError`."""
 
     __slots__ = ("_session",)
 
-    def __init__(self, session: TerminalSession):
+    def __init__(self, session: ProviderTerminal):
         self._session = session
 
     @property
@@ -58,14 +86,128 @@ class Terminal:
             raise SandboxError.from_provider(error) from error
 
 
+@dataclass(frozen=True)
+class _Claim:
+    session_id: str
+    created: bool
+    evicted: str = ""  # a detached session ended to make room
+
+
 @provider_failures_as_sandbox_errors
-def terminal_open(*, sandbox: Sandbox, session_id: str, cols: int, rows: int) -> Terminal:
-    """Attach to the browser's PTY session ``session_id`` (a login shell) of the running
-    sandbox, creating it when it does not exist; the shell outlives the attachment. Never
-    starts the sandbox: ``SandboxError`` of kind ``invalid_state`` when it is not running,
-    ``not_found`` when it is gone. Blocking."""
-    session = provider_for(sandbox).open_terminal(sandbox.remote_id, session_id=session_id, cols=cols, rows=rows)
+def terminal_open(
+    *, sandbox: Sandbox, session_id: str | None, cols: int, rows: int, now: datetime | None = None
+) -> Terminal:
+    """Attach to the web terminal session ``session_id`` of the running sandbox (a login
+    shell), or to a new one when ``session_id`` is None or names no session of this sandbox
+    (ended, or never handed out): the returned terminal's ``session_id`` says which.
+
+    Bounded: with ``SANDBOX_TERMINAL_SESSIONS`` sessions already, the one detached the longest
+    is ended to make room; when every one of them is attached, ``SandboxError`` with code
+    ``too_many_terminals`` (429). Never starts the sandbox: ``SandboxError`` of kind
+    ``invalid_state`` when it is not running, ``not_found`` when it is gone. The attachment
+    counts until :func:`terminal_release`, renewed by :func:`terminal_renew`. Blocking.
+    """
+    now = now or timezone.now()
+    claim = _claim(sandbox, session_id, now)
+    provider = provider_for(sandbox)
+    if claim.evicted:
+        _end_quietly(provider, sandbox.remote_id, claim.evicted)
+    try:
+        session = provider.open_terminal(sandbox.remote_id, session_id=claim.session_id, cols=cols, rows=rows)
+    except BaseException:
+        if claim.created:
+            TerminalSession.objects.filter(session_id=claim.session_id).delete()
+        else:
+            terminal_release(session_id=claim.session_id, now=now)
+        raise
     return Terminal(session)
+
+
+def _claim(sandbox: Sandbox, session_id: str | None, now: datetime) -> _Claim:
+    """Register the attachment under the sandbox's row lock, so that simultaneous tabs never
+    exceed the bound; no provider call is made while the lock is held."""
+    attached_until = now + lease_length()
+    with transaction.atomic():
+        Sandbox.objects.select_for_update().filter(pk=sandbox.pk).first()
+        sessions = TerminalSession.objects.filter(sandbox=sandbox)
+        sessions.exclude(remote_id=sandbox.remote_id).delete()  # shells of a sandbox that was replaced
+        if session_id:
+            reattached = sessions.filter(session_id=session_id).update(
+                clients=F("clients") + 1, attached_until=Greatest(F("attached_until"), attached_until)
+            )
+            if reattached:
+                return _Claim(session_id, created=False)
+        evicted = ""
+        if sessions.count() >= settings.SANDBOX_TERMINAL_SESSIONS:
+            oldest_detached = sessions.filter(attached_until__lt=now).order_by("attached_until").first()
+            if oldest_detached is None:
+                raise SandboxError(
+                    "too_many_terminals",
+                    f"You have {settings.SANDBOX_TERMINAL_SESSIONS} terminals open already. Close one and try again.",
+                    status=429,
+                )
+            evicted = oldest_detached.session_id
+            oldest_detached.delete()
+        new_id = SESSION_PREFIX + secrets.token_hex(12)
+        TerminalSession.objects.create(
+            sandbox=sandbox,
+            session_id=new_id,
+            remote_id=sandbox.remote_id,
+            created_at=now,
+            clients=1,
+            attached_until=attached_until,
+        )
+    return _Claim(new_id, created=True, evicted=evicted)
+
+
+def terminal_renew(*, session_id: str, now: datetime | None = None) -> None:
+    """An attached client is still there: its attachment counts for another lease."""
+    now = now or timezone.now()
+    TerminalSession.objects.filter(session_id=session_id).update(
+        attached_until=Greatest(F("attached_until"), now + lease_length())
+    )
+
+
+def terminal_release(*, session_id: str, ended: bool = False, now: datetime | None = None) -> None:
+    """A client detached (``ended``: because the shell ended, which forgets the session). The
+    last one to leave starts the session's detached clock."""
+    if ended:
+        TerminalSession.objects.filter(session_id=session_id).delete()
+        return
+    now = now or timezone.now()
+    sessions = TerminalSession.objects.filter(session_id=session_id)
+    sessions.update(clients=Greatest(F("clients") - 1, 0))
+    sessions.filter(clients=0).update(attached_until=now)
+
+
+def terminals_reap(*, now: datetime) -> int:
+    """End the web terminal sessions nobody has been attached to for
+    ``SANDBOX_TERMINAL_DETACHED_MINUTES`` (their lease ran out that long ago), and forget those
+    whose sandbox stopped or was replaced (their shells ended with it). Returns how many were
+    ended; a session the provider could not end is kept for the next pass."""
+    TerminalSession.objects.filter(
+        ~Q(sandbox__state=SandboxState.STARTED) | ~Q(sandbox__remote_id=F("remote_id"))
+    ).delete()
+    cutoff = now - timedelta(minutes=settings.SANDBOX_TERMINAL_DETACHED_MINUTES)
+    ended = 0
+    for session in TerminalSession.objects.filter(attached_until__lt=cutoff).select_related("sandbox"):
+        try:
+            provider_for(session.sandbox).end_terminal(session.remote_id, session.session_id)
+        except ProviderError as exc:
+            log.warning("ending terminal session %s failed: %s", session.session_id, exc)
+            continue
+        # Deleted only if nobody attached meanwhile.
+        ended += TerminalSession.objects.filter(pk=session.pk, attached_until__lt=cutoff).delete()[0]
+    if ended:
+        log.info("ended %s detached terminal sessions", ended)
+    return ended
+
+
+def _end_quietly(provider, remote_id: str, session_id: str) -> None:
+    try:
+        provider.end_terminal(remote_id, session_id)
+    except ProviderError as exc:
+        log.warning("ending terminal session %s failed: %s", session_id, exc)
 
 
 def sandbox_remote_state(*, sandbox: Sandbox) -> SandboxState | None:

@@ -1,14 +1,14 @@
 // The portal's launcher: asks the API to create or resume the user's sandbox, follows it
 // through its transition, shows the access details and then opens the terminal.
 //
-// The launch protocol lives in sandbox-api.js; besides it, the page POSTs heartbeat every
-// minute while the tab is visible and a sandbox is open.
+// The launch protocol lives in sandbox-api.js; once a sandbox is open, presence.js tells the
+// portal every minute whether someone used the page (an untouched tab is not activity).
 
-import { LaunchError, SignInRequired, callApi, launchSandbox } from "./sandbox-api.js";
+import { startPresence } from "./presence.js";
+import { LaunchError, SignInRequired, launchSandbox } from "./sandbox-api.js";
 
 const LAUNCH_TIMEOUT_MS = 5 * 60 * 1000;
 const REDIRECT_DELAY_SECONDS = 5;
-const HEARTBEAT_INTERVAL_MS = 60 * 1000;
 const COPIED_FEEDBACK_MS = 2000;
 
 const PROVISION_COPY = {
@@ -93,8 +93,7 @@ function setUpLauncher() {
   let busy = false;
   let skipRetryWait = null;
   let redirectTimer = null;
-  let heartbeatTimer = null;
-  let lastHeartbeatAt = 0;
+  let stopPresence = null;
   let copyFeedbackTimer = null;
 
   launchButton.addEventListener("click", launch);
@@ -102,11 +101,6 @@ function setUpLauncher() {
   retryButton.addEventListener("click", () => (skipRetryWait ? skipRetryWait() : launch()));
   cancelRedirectButton.addEventListener("click", cancelRedirect);
   copyButton.addEventListener("click", copySshCommand);
-  document.addEventListener("visibilitychange", () => {
-    if (heartbeatTimer && Date.now() - lastHeartbeatAt >= HEARTBEAT_INTERVAL_MS) {
-      sendHeartbeat();
-    }
-  });
 
   const params = new URLSearchParams(window.location.search);
   if (params.get("launch") === "1") {
@@ -227,7 +221,7 @@ function setUpLauncher() {
     if (terminalUrl) terminalLink.href = terminalUrl.href;
 
     accessPanel.hidden = false;
-    startHeartbeat();
+    stopPresence ??= startPresence({ url: urls.heartbeat, csrfToken });
     if (terminalUrl) {
       scheduleRedirect(terminalUrl);
       cancelRedirectButton.focus();
@@ -305,27 +299,6 @@ function setUpLauncher() {
       copyButton.textContent = "Copy";
       copyFeedback.textContent = "";
     }, COPIED_FEEDBACK_MS);
-  }
-
-  function startHeartbeat() {
-    if (heartbeatTimer) return;
-    lastHeartbeatAt = Date.now();
-    heartbeatTimer = window.setInterval(sendHeartbeat, HEARTBEAT_INTERVAL_MS);
-  }
-
-  async function sendHeartbeat() {
-    if (document.visibilityState !== "visible") return;
-    lastHeartbeatAt = Date.now();
-    try {
-      const response = await callApi("POST", urls.heartbeat, csrfToken);
-      if (response.status === 401) {
-        window.clearInterval(heartbeatTimer);
-        heartbeatTimer = null;
-      }
-    } catch {
-      // Offline for a moment: the next beat tries again. Other statuses (an endpoint not
-      // deployed yet, a sandbox stopped meanwhile) need no reaction from the page.
-    }
   }
 
   function setStage(name, state) {

@@ -2,10 +2,12 @@
 //
 // Protocol (JSON everywhere, errors as {"error": {"code", "message"}}):
 //   POST create -> 200 {sandbox, access}: ready.
-//               -> 202 {sandbox} or 409: a transition is under way; poll GET status until the
-//                  state settles, then POST create again to obtain access.
+//               -> 202 {sandbox} or 409 "conflict": a transition is under way; poll GET status
+//                  until the state settles, then POST create again to obtain access.
 //               -> 401: signed out, go to the sign-in page.
-//               -> 429 / 503: retry by itself after Retry-After seconds.
+//               -> 429 / 503: retry by itself after Retry-After seconds, except for errors that
+//                  trying again cannot mend (FINAL_CODES), shown as they are.
+//               -> any other 409: shown as it is (a name taken by someone else's sandbox...).
 //
 // Each page keeps its own UI and copy: it passes its messages and reacts through callbacks.
 
@@ -19,12 +21,14 @@ const MAX_CONFLICTS = 3;
 const SETTLED_STATES = new Set(["started", "stopped", "archived", "error"]);
 
 const NETWORK_ERROR_MESSAGE = "We could not reach the portal. Check your connection and try again.";
+// Failures an automatic retry would only repeat: an image that does not build.
+const FINAL_CODES = new Set(["build_failed"]);
 
 export class LaunchError extends Error {}
 export class SignInRequired extends Error {}
 
 // Resolves with {status, body, retryAfterSeconds}; throws LaunchError when offline.
-export async function callApi(method, url, csrfToken) {
+export async function callApi(method, url, csrfToken, payload = {}) {
   const init = {
     method,
     credentials: "same-origin",
@@ -33,7 +37,7 @@ export async function callApi(method, url, csrfToken) {
   if (method === "POST") {
     init.headers["Content-Type"] = "application/json";
     init.headers["X-CSRFToken"] = csrfToken;
-    init.body = "{}";
+    init.body = JSON.stringify(payload);
   }
   let response;
   try {
@@ -73,6 +77,10 @@ export async function launchSandbox(options) {
   for (;;) {
     ensureBefore(deadline, messages);
     const response = await callApi("POST", urls.create, csrfToken);
+    const code = response.body?.error?.code;
+    if (FINAL_CODES.has(code) || (response.status === 409 && code !== "conflict")) {
+      throw new LaunchError(errorText(response, messages));
+    }
     conflicts = response.status === 409 ? conflicts + 1 : 0;
     switch (response.status) {
       case 200:

@@ -1,23 +1,30 @@
 // The browser terminal: xterm.js over a websocket to a shell in the user's sandbox.
 //
 // Protocol (see sandboxes/consumers.py):
-//   ws /ws/sandboxes/<id>/terminal/?session=<tab's session id>&cols=C&rows=R
+//   ws /ws/sandboxes/<id>/terminal/?cols=C&rows=R[&session=<the session the server gave us>]
 //   binary frames both ways: keystrokes/paste (UTF-8) in, raw shell output out.
 //   text frames are JSON control: we send {"type":"resize"|"pause"|"resume"}; the server sends
-//   {"type":"attached"}, {"type":"status","state"} (then close 4409), {"type":"exit","code"}
-//   (then close 1000) and {"type":"error","message"} (then a close worth retrying).
-//   Close codes: 4401 signed out, 4404 not found, 4409 sandbox not running, 4400 bad request;
-//   anything else unplanned means reconnect with backoff.
+//   {"type":"attached","session"}, {"type":"status","state"} (then close 4409),
+//   {"type":"exit","code"} (then close 1000), {"type":"idle"} (then close 4408) and
+//   {"type":"error","message"} (then a close worth retrying, or 4429).
+//   Close codes: 4401 signed out, 4404 not found, 4408 no input or output for longer than the
+//   idle period, 4409 sandbox not running, 4429 too many terminals, 4400 bad request; anything
+//   else unplanned means reconnect with backoff.
 //
-// The session id lives in sessionStorage, one per tab: a reload or a reconnect reattaches to
-// the same shell, which keeps running in the sandbox while nobody is connected.
+// The server names the session; its id lives in sessionStorage, one per tab: a reload or a
+// reconnect reattaches to the same shell, which keeps running in the sandbox while nobody is
+// connected (for a while: the portal ends shells nobody has been attached to for long).
+// presence.js tells the portal every minute whether someone used the page.
 
+import { startPresence } from "./presence.js";
 import { LaunchError, SignInRequired, launchSandbox, sleep, waitUntilSettled } from "./sandbox-api.js";
 
 const CLOSE_BAD_REQUEST = 4400;
 const CLOSE_SIGNED_OUT = 4401;
 const CLOSE_NOT_FOUND = 4404;
+const CLOSE_IDLE = 4408;
 const CLOSE_NOT_RUNNING = 4409;
+const CLOSE_TOO_MANY = 4429;
 const FIRST_RETRY_SECONDS = 1;
 const MAX_RETRY_SECONDS = 30;
 const RESIZE_DEBOUNCE_MS = 80;
@@ -62,6 +69,7 @@ function setUpTerminal() {
     socket: app.dataset.socketPath,
     create: app.dataset.createUrl,
     status: app.dataset.statusUrl,
+    heartbeat: app.dataset.heartbeatUrl,
     login: app.dataset.loginUrl,
     terminalTemplate: app.dataset.terminalPath,
   };
@@ -129,6 +137,7 @@ function setUpTerminal() {
     if (retryTimer !== null) connect();
   });
 
+  startPresence({ url: urls.heartbeat, csrfToken });
   connect();
 
   // -- connection ------------------------------------------------------------------------
@@ -149,7 +158,9 @@ function setUpTerminal() {
     showButtons({});
     setStatus(failures ? "Reconnecting…" : "Connecting…", "busy");
     const scheme = window.location.protocol === "https:" ? "wss:" : "ws:";
-    const query = new URLSearchParams({ session: sessionId(), cols: term.cols, rows: term.rows });
+    const query = new URLSearchParams({ cols: term.cols, rows: term.rows });
+    const session = storedSession();
+    if (session) query.set("session", session);
     const ws = new WebSocket(`${scheme}//${window.location.host}${urls.socket}?${query}`);
     ws.binaryType = "arraybuffer";
     ws.addEventListener("message", (event) => {
@@ -176,6 +187,7 @@ function setUpTerminal() {
       case "attached":
         attached = true;
         failures = 0;
+        if (typeof message.session === "string") sessionStorage.setItem(sessionKey, message.session);
         app.dataset.connection = "online";
         setStatus("Connected", "ok");
         showButtons({});
@@ -190,6 +202,7 @@ function setUpTerminal() {
         exitCode = message.code;
         break;
       case "error":
+      case "idle":
         lastError = message.message || "";
         break;
     }
@@ -209,6 +222,15 @@ function setUpTerminal() {
         return;
       case CLOSE_NOT_RUNNING:
         showNotRunning(lastStatus?.state);
+        return;
+      case CLOSE_IDLE:
+        // Reconnecting by itself would keep an unused terminal open for ever.
+        setStatus("Disconnected: nothing was typed or printed for a long time.", "stopped");
+        showButtons({ reconnect: true });
+        return;
+      case CLOSE_TOO_MANY:
+        setStatus(lastError || "You have too many terminals open. Close one, then reconnect.", "error");
+        showButtons({ reconnect: true });
         return;
       case CLOSE_BAD_REQUEST:
         sessionStorage.removeItem(sessionKey);
@@ -378,14 +400,12 @@ function setUpTerminal() {
 
   // -- page bits -------------------------------------------------------------------------
 
-  function sessionId() {
-    let id = sessionStorage.getItem(sessionKey);
-    if (!id || !/^[A-Za-z0-9-]{1,64}$/.test(id)) {
-      const bytes = crypto.getRandomValues(new Uint8Array(16));
-      id = Array.from(bytes, (byte) => byte.toString(16).padStart(2, "0")).join("");
-      sessionStorage.setItem(sessionKey, id);
-    }
-    return id;
+  // The session the server named for this tab, if any (it names a new one otherwise).
+  function storedSession() {
+    const id = sessionStorage.getItem(sessionKey);
+    if (id && /^[A-Za-z0-9-]{1,64}$/.test(id)) return id;
+    sessionStorage.removeItem(sessionKey);
+    return null;
   }
 
   function setStatus(text, tone) {

@@ -19,8 +19,11 @@ class Command(BaseCommand):
     help = (
         "Serve SSH for sandboxes on this machine (the local provider): "
         "'ssh -p PORT <token>@<host>' opens a shell in the sandbox the access token was minted for, "
-        "and 'ssh ... <command>' runs a command there. Expired or revoked tokens and tokens of "
-        "stopped sandboxes are refused. The host key is generated once at SANDBOX_SSH_HOST_KEY. "
+        "'ssh ... <command>' runs a command there, sftp and scp copy files (run inside the sandbox: "
+        "needs /usr/lib/openssh/sftp-server, Debian package openssh-sftp-server) and 'ssh -L' "
+        "forwards to ports on the sandbox's own loopback. Expired or revoked tokens and tokens of "
+        "stopped sandboxes are refused; revoking a token or stopping its sandbox ends its open "
+        "connections within seconds. The host key is generated once at SANDBOX_SSH_HOST_KEY. "
         "Runs until interrupted (SIGINT or SIGTERM), then ends every SSH session.\n\n"
         "Examples: run_ssh_gateway; run_ssh_gateway --bind 0.0.0.0 --port 2222"
     )
