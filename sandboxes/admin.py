@@ -182,38 +182,33 @@ class SandboxAdmin(admin.ModelAdmin):
             self.message_user(request, failure, messages.ERROR)
 
 
+class RecordAdmin(admin.ModelAdmin):
+    """Records the services keep (who did what, what runs): shown, never added, edited or deleted."""
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
 @admin.register(AuditEvent)
-class AuditEventAdmin(admin.ModelAdmin):
+class AuditEventAdmin(RecordAdmin):
     list_display = ["created_at", "action", "sandbox_name", "actor_type", "actor", "reason"]
     list_filter = ["action", "actor_type"]
     search_fields = ["sandbox_name", "actor__email", "reason"]
     list_select_related = ["actor"]
     date_hierarchy = "created_at"
 
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
 
 @admin.register(TerminalSession)
-class TerminalSessionAdmin(admin.ModelAdmin):
+class TerminalSessionAdmin(RecordAdmin):
     """The web terminal's shells as the portal opened them; ended by the portal only."""
 
     list_display = ["session_id", "sandbox", "clients", "created_at", "attached_until"]
     search_fields = ["sandbox__user__email", "sandbox__remote_name", "session_id"]
     list_select_related = ["sandbox"]
     readonly_fields = ["sandbox", "session_id", "remote_id", "clients", "created_at", "attached_until"]
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False

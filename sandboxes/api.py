@@ -278,7 +278,7 @@ def sandbox_detail(request, response: HttpResponse):
     no_store(response)
     sandbox = services.sandbox_status(user=request.auth)
     if sandbox is None:
-        return Status(404, {"error": {"code": "not_found", "message": "You have no sandbox yet."}})
+        raise _no_sandbox()
     return Status(200, {"sandbox": sandbox_out(sandbox)})
 
 
@@ -328,5 +328,9 @@ def sandbox_extend(request, response: HttpResponse, payload: LaunchIn | None = N
 def _own_sandbox(request) -> Sandbox:
     sandbox = Sandbox.objects.filter(user=request.auth).first()
     if sandbox is None:
-        raise services.SandboxError("not_found", "You have no sandbox yet.", status=404)
+        raise _no_sandbox()
     return sandbox
+
+
+def _no_sandbox() -> services.SandboxError:
+    return services.SandboxError("not_found", "You have no sandbox yet.", status=404)

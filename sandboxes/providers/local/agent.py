@@ -592,10 +592,7 @@ class Job(Endpoint):
         if not force and not all(channel.closed for channel in self.pipes):
             return
         self.finished = True
-        for channel in self.pipes:
-            if not channel.closed:
-                channel.on_readable()  # what is already in the pipe
-                channel.close()
+        drain_and_close(self.pipes)
         self.done(
             {
                 "ok": True,
@@ -605,6 +602,16 @@ class Job(Endpoint):
                 "stderr": base64.b64encode(self.output["stderr"]).decode(),
             }
         )
+
+
+def drain_and_close(outputs) -> None:
+    """Close the output pipes of a program that has exited, after taking what is already in
+    them (a pipe paused for flow control is closed as it is)."""
+    for channel in outputs:
+        if not channel.closed:
+            if channel.reading:
+                channel.on_readable()
+            channel.close()
 
 
 class ClientOfJob(Endpoint):
@@ -756,11 +763,7 @@ class Process(Endpoint):
         if not force and not all(channel.closed for channel in self.outputs):
             return
         self.finished = True
-        for channel in self.outputs:
-            if not channel.closed:
-                if channel.reading:
-                    channel.on_readable()  # what is already in the pipe
-                channel.close()
+        drain_and_close(self.outputs)
         self.client.write(frame(EXIT, STATUS.pack(self.status)))
         self.client.close_when_flushed()
         self.agent.processes.pop(self.id, None)

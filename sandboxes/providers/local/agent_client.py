@@ -91,6 +91,27 @@ class _AgentStream:
         self._buffer += chunk
         return True
 
+    def _frame_at(self, offset: int) -> tuple[bytes, int, int] | None:
+        """The complete frame at ``offset`` of the buffer: its kind, where its payload starts and
+        where it ends. None once the exit frame was read, while the frame is not all there yet,
+        and for an oversized one (which closes the connection). The exit frame sets
+        :attr:`exit_code`."""
+        buffer = self._buffer
+        if self._ended or len(buffer) - offset < protocol.HEADER:
+            return None
+        kind, length = protocol.FRAME.unpack_from(buffer, offset)
+        if length > protocol.MAX_FRAME:
+            self._closed = True
+            return None
+        start = offset + protocol.HEADER
+        end = start + length
+        if end > len(buffer):
+            return None
+        if kind == protocol.EXIT and length == protocol.STATUS.size:
+            self._exit_code = protocol.STATUS.unpack_from(buffer, start)[0]
+            self._ended = True
+        return kind, start, end
+
     def _send(self, kind: bytes, payload: bytes = b"") -> None:
         if self._ended or self._closed or self._input_closed:
             return
@@ -139,24 +160,14 @@ class LocalTerminal(_AgentStream, TerminalSession):
                 return b""
 
     def _take_frames(self) -> bytes:
-        buffer, offset, parts = self._buffer, 0, []
-        while not self._ended and len(buffer) - offset >= protocol.HEADER:
-            kind, length = protocol.FRAME.unpack_from(buffer, offset)
-            if length > protocol.MAX_FRAME:
-                self._closed = True
-                break
-            end = offset + protocol.HEADER + length
-            if end > len(buffer):
-                break
+        parts, offset = [], 0
+        while (found := self._frame_at(offset)) is not None:
+            kind, start, offset = found
             if kind == protocol.DATA:
-                parts.append(buffer[offset + protocol.HEADER : end])
-            elif kind == protocol.EXIT and length == protocol.STATUS.size:
-                self._exit_code = protocol.STATUS.unpack_from(buffer, offset + protocol.HEADER)[0]
-                self._ended = True
-            offset = end
+                parts.append(self._buffer[start:offset])
         if offset:
             data = b"".join(parts)
-            del buffer[:offset]
+            del self._buffer[:offset]
             return data
         return b""
 
@@ -198,27 +209,18 @@ class LocalProcess(_AgentStream, ProcessSession):
                 return 0, b""
 
     def _take_frames(self) -> tuple[int, bytes] | None:
-        buffer, offset, stream, parts = self._buffer, 0, 0, []
-        while not self._ended and len(buffer) - offset >= protocol.HEADER:
-            kind, length = protocol.FRAME.unpack_from(buffer, offset)
-            if length > protocol.MAX_FRAME:
-                self._closed = True
-                break
-            end = offset + protocol.HEADER + length
-            if end > len(buffer):
-                break
+        parts, offset, stream = [], 0, 0
+        while (found := self._frame_at(offset)) is not None:
+            kind, start, end = found
             if kind in (protocol.DATA, protocol.STDERR):
                 this = self.STDOUT if kind == protocol.DATA else self.STDERR
                 if stream and this != stream:
                     break  # the other stream's bytes come with the next call
                 stream = this
-                parts.append(buffer[offset + protocol.HEADER : end])
-            elif kind == protocol.EXIT and length == protocol.STATUS.size:
-                self._exit_code = protocol.STATUS.unpack_from(buffer, offset + protocol.HEADER)[0]
-                self._ended = True
+                parts.append(self._buffer[start:end])
             offset = end
         if offset:
-            del buffer[:offset]
+            del self._buffer[:offset]
         return (stream, b"".join(parts)) if parts else None
 
     def close_input(self) -> None:
