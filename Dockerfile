@@ -14,4 +14,6 @@ RUN mkdir -p var && chown portal:portal var \
 
 USER portal
 EXPOSE 8000
-CMD ["uvicorn", "joepro.asgi:application", "--host", "0.0.0.0", "--port", "8000", "--proxy-headers", "--forwarded-allow-ips", "*", "--ws-per-message-deflate", "false"]
+# The web server (bin/serve): forwarding headers are believed only from TRUSTED_PROXIES.
+ENV HOST=0.0.0.0 PORT=8000
+CMD ["bin/serve"]

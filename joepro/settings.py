@@ -5,12 +5,15 @@ the embedded default: SQLite, an embedded Celery broker and sandboxes on this ma
 """
 
 import hashlib
+import ipaddress
 import os
 import secrets
+import stat
 from datetime import timedelta
 from pathlib import Path
 
 import environ
+from django.core.exceptions import ImproperlyConfigured
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = BASE_DIR / "var"  # local state of the embedded default: SQLite, broker, keys
@@ -20,6 +23,35 @@ environ.Env.read_env(BASE_DIR / ".env", overwrite=False)
 # An empty value (as in a copied .env.example) means "use the default", not "empty".
 for _name in [name for name, value in os.environ.items() if value == ""]:
     del os.environ[_name]
+
+
+def _private_state(path: Path, *, skip: tuple[Path, ...] = ()) -> None:
+    """Make ``path`` (a file or a tree) readable by the portal's user only: no group or other
+    bits on anything in it, except under ``skip``. Left alone when another user owns it."""
+    try:
+        info = path.lstat()
+    except FileNotFoundError:
+        return
+    if info.st_uid != os.geteuid() or stat.S_ISLNK(info.st_mode):
+        return
+    if info.st_mode & 0o077:
+        os.chmod(path, stat.S_IMODE(info.st_mode) & 0o700)
+    if stat.S_ISDIR(info.st_mode):
+        for entry in os.scandir(path):
+            if Path(entry.path) not in skip:
+                _private_state(Path(entry.path), skip=skip)
+
+
+def _private_var() -> None:
+    """var/ holds the SQLite database (session keys, password hashes), the secret key, the SSH
+    host key and the broker's messages: it is made 0700, and whatever in it others could read
+    is tightened at every start-up. Workspaces under var/sandboxes are left as they are: sandboxes
+    reach them without traversing var/ (see sandboxes.providers.local.agent.reveal_root)."""
+    VAR_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _private_state(VAR_DIR, skip=(VAR_DIR / "sandboxes",))
+
+
+_private_var()
 
 
 def _persisted_secret_key() -> str:
@@ -105,7 +137,13 @@ else:
     DATABASES["default"]["CONN_MAX_AGE"] = env.int("DATABASE_CONN_MAX_AGE", default=60)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    VAR_DIR.mkdir(parents=True, exist_ok=True)
+    _sqlite = Path(DATABASES["default"]["NAME"])
+    if DATABASES["default"]["NAME"] != ":memory:":
+        # Made 0600 before SQLite makes it (its -wal and -shm files take the database's mode).
+        _sqlite.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.close(os.open(_sqlite, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        for _suffix in ("", "-wal", "-shm", "-journal"):
+            _private_state(Path(f"{_sqlite}{_suffix}"))
     # Concurrent launches wait on SQLite's write lock instead of failing at once.
     DATABASES["default"].setdefault("OPTIONS", {}).update(
         {"timeout": 20, "transaction_mode": "IMMEDIATE", "init_command": "PRAGMA journal_mode=WAL;"}
@@ -156,6 +194,8 @@ ACCOUNT_USER_MODEL_USERNAME_FIELD = "username"  # filled in from the email by th
 ACCOUNT_UNIQUE_EMAIL = True
 ACCOUNT_EMAIL_VERIFICATION = env.str("ACCOUNT_EMAIL_VERIFICATION", default="optional")
 ACCOUNT_ADAPTER = "accounts.adapter.AccountAdapter"
+# New accounts per hour from all addresses together (0 = no cap); allauth limits each address.
+ACCOUNT_SIGNUPS_PER_HOUR = env.int("ACCOUNT_SIGNUPS_PER_HOUR", default=50)
 ACCOUNT_USER_DISPLAY = "accounts.adapter.user_display"
 ACCOUNT_SESSION_REMEMBER = None
 ACCOUNT_LOGIN_ON_EMAIL_CONFIRMATION = True
@@ -186,6 +226,18 @@ SOCIALACCOUNT_PROVIDERS = {
 }
 
 # --- Security ------------------------------------------------------------------------------
+# The proxies in front (addresses or CIDRs) whose X-Forwarded-For and X-Forwarded-Proto the web
+# server believes (bin/serve hands them to uvicorn); empty: none, the client is the peer.
+TRUSTED_PROXIES = [proxy.strip() for proxy in env.list("TRUSTED_PROXIES", default=[]) if proxy.strip()]
+for _proxy in TRUSTED_PROXIES:
+    try:
+        ipaddress.ip_network(_proxy, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"TRUSTED_PROXIES: {_proxy!r} is not an IP address or network") from None
+# Sign-in rate limits key on REMOTE_ADDR, the address the server resolved from trusted proxies
+# only; never on a header any client can set.
+ALLAUTH_TRUSTED_PROXY_COUNT = 0
+ALLAUTH_TRUSTED_CLIENT_IP_HEADER = None
 # The portal runs behind a TLS-terminating proxy in production; that proxy must set
 # X-Forwarded-Proto (and strip it from clients). Deployments without one switch it off.
 if env.bool("DJANGO_TRUST_X_FORWARDED_PROTO", default=True):
@@ -223,8 +275,9 @@ CONTENT_SECURITY_POLICY = {
 CELERY_BROKER_URL = REDIS_URL or "filesystem://"
 if not REDIS_URL:
     _broker_dir = VAR_DIR / "broker"
+    _broker_dir.mkdir(mode=0o700, exist_ok=True)
     for _sub in ("in", "processed"):
-        (_broker_dir / _sub).mkdir(parents=True, exist_ok=True)
+        (_broker_dir / _sub).mkdir(mode=0o700, exist_ok=True)
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(_broker_dir / "in"),
         "data_folder_out": str(_broker_dir / "in"),
@@ -287,8 +340,20 @@ SANDBOX_IDLE_MINUTES = env.int("SANDBOX_IDLE_MINUTES", default=120)
 SANDBOX_REMOTE_AUTO_STOP_MINUTES = env.int("SANDBOX_REMOTE_AUTO_STOP_MINUTES", default=SANDBOX_IDLE_MINUTES + 30)
 SANDBOX_SSH_TOKEN_MINUTES = env.int("SANDBOX_SSH_TOKEN_MINUTES", default=120)
 SANDBOX_PREVIEW_PORT = env.int("SANDBOX_PREVIEW_PORT", default=3000)
+# Previews live on a site of their own: <port>-<sandbox id>.<preview host>, served by this same
+# server (production: a wildcard DNS name and certificate for it). Subdomains of localhost
+# resolve to loopback in browsers and are each a site of their own. PORTAL_URL is where the
+# preview sends a visitor to sign in; it and SANDBOX_PREVIEW_URL default to the port bin/run uses.
+_SERVER_PORT = env.int("PORT", default=8000)
+PORTAL_URL = env.str("PORTAL_URL", default=f"http://127.0.0.1:{_SERVER_PORT}").rstrip("/")
+SANDBOX_PREVIEW_URL = env.str("SANDBOX_PREVIEW_URL", default=f"http://localhost:{_SERVER_PORT}").rstrip("/")
+# Concurrent preview requests and websockets, per sandbox and per client address (each web process).
+SANDBOX_PREVIEW_CONNECTIONS_PER_SANDBOX = env.int("SANDBOX_PREVIEW_CONNECTIONS_PER_SANDBOX", default=64)
+SANDBOX_PREVIEW_CONNECTIONS_PER_CLIENT = env.int("SANDBOX_PREVIEW_CONNECTIONS_PER_CLIENT", default=32)
 SANDBOX_LAUNCH_WAIT_SECONDS = env.float("SANDBOX_LAUNCH_WAIT_SECONDS", default=5.0)
 SANDBOX_LAUNCH_RATE = env.str("SANDBOX_LAUNCH_RATE", default="30/m")
+SANDBOX_MAX_SANDBOXES = env.int("SANDBOX_MAX_SANDBOXES", default=100)  # existing at once; 0 = no cap
+SANDBOX_MAX_RUNNING = env.int("SANDBOX_MAX_RUNNING", default=50)  # running at once; 0 = no cap
 # Access handed out again while it stays valid at least this long; newer tokens otherwise.
 SANDBOX_ACCESS_REUSE_MARGIN = timedelta(minutes=env.int("SANDBOX_ACCESS_REUSE_MARGIN_MINUTES", default=30))
 # Local provider: where workspaces live (never inside a path sandboxes see), the SSH gateway
@@ -296,20 +361,29 @@ SANDBOX_ACCESS_REUSE_MARGIN = timedelta(minutes=env.int("SANDBOX_ACCESS_REUSE_MA
 
 
 def _default_local_root() -> Path:
-    """var/sandboxes, unless the portal runs as root in a checkout other users cannot traverse
-    (a clone under /root, say): each sandbox then runs as a uid of its own that must reach its
-    home, so homes go under /var/lib/joepro instead, one directory per checkout."""
+    """var/sandboxes. Sandboxes' uids reach it even though var/ is 0700 (the launcher reveals
+    the root to bwrap in a mount namespace of its own). Earlier versions put it under
+    /var/lib/joepro when run as root in a checkout other users could not traverse; such a root
+    is kept while it exists and var/sandboxes does not."""
     root = VAR_DIR / "sandboxes"
-    if os.geteuid() != 0 or all(parent.stat().st_mode & 0o001 for parent in root.parents if parent.exists()):
-        return root
-    return Path("/var/lib/joepro") / hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12] / "sandboxes"
+    earlier = Path("/var/lib/joepro") / hashlib.sha256(str(BASE_DIR).encode()).hexdigest()[:12] / "sandboxes"
+    if os.geteuid() == 0 and not root.exists() and earlier.exists():
+        return earlier
+    return root
 
 
 SANDBOX_LOCAL_ROOT = Path(env.str("SANDBOX_LOCAL_ROOT", default="") or _default_local_root()).absolute()
 SANDBOX_SSH_HOST = env.str("SANDBOX_SSH_HOST", default="localhost")
 SANDBOX_SSH_PORT = env.int("SANDBOX_SSH_PORT", default=2222)
+# Wrong SSH tokens per client address and minute, then refused unchecked for the cool-down.
+SANDBOX_SSH_FAILED_TOKENS_PER_MINUTE = env.int("SANDBOX_SSH_FAILED_TOKENS_PER_MINUTE", default=10)
+SANDBOX_SSH_THROTTLE_SECONDS = env.int("SANDBOX_SSH_THROTTLE_SECONDS", default=300)
 SANDBOX_BWRAP = env.str("SANDBOX_BWRAP", default="bwrap")
 SANDBOX_LOCAL_UID_BASE = env.int("SANDBOX_LOCAL_UID_BASE", default=2_000_000_000)
+# Claims of those uids, shared by every deployment on this host (so none hands out another's).
+SANDBOX_LOCAL_UID_REGISTRY = env.path("SANDBOX_LOCAL_UID_REGISTRY", default="/var/lib/joepro/uids")
+# Live PTY sessions (web terminals and SSH shells together) one local sandbox's agent holds at once.
+SANDBOX_LOCAL_PTY_SESSIONS = env.int("SANDBOX_LOCAL_PTY_SESSIONS", default=64)
 SANDBOX_LOCAL_CGROUP_PARENT = env.str("SANDBOX_LOCAL_CGROUP_PARENT", default="joepro-sandboxes")
 # Lifecycle: rows in creating/starting/stopping longer than this are repaired by reconcile.
 SANDBOX_STUCK_MINUTES = env.int("SANDBOX_STUCK_MINUTES", default=15)
@@ -322,6 +396,8 @@ SANDBOX_ACTIVITY_REFRESH_MINUTES = env.int("SANDBOX_ACTIVITY_REFRESH_MINUTES", d
 SANDBOX_TERMINAL_SESSIONS = env.int("SANDBOX_TERMINAL_SESSIONS", default=8)
 SANDBOX_TERMINAL_DETACHED_MINUTES = env.int("SANDBOX_TERMINAL_DETACHED_MINUTES", default=30)
 SANDBOX_TERMINAL_RENEW_SECONDS = env.int("SANDBOX_TERMINAL_RENEW_SECONDS", default=60)
+# Terminal websockets one user may have open at once, across processes (0 = no cap).
+SANDBOX_TERMINAL_CONNECTIONS_PER_USER = env.int("SANDBOX_TERMINAL_CONNECTIONS_PER_USER", default=8)
 # Provider calls in flight at once when stopping or looking up many sandboxes.
 SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=64)
 # SSH gateway of local sandboxes (manage.py run_ssh_gateway). It listens on loopback unless told

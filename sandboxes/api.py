@@ -12,7 +12,9 @@ import secrets
 from datetime import datetime
 
 from django.conf import settings
+from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponse
+from django.http.multipartparser import MultiPartParserError
 from django.urls import reverse
 from ninja import NinjaAPI, Schema, Status
 from ninja.errors import AuthenticationError, HttpError, ValidationError
@@ -133,6 +135,7 @@ class InternalErrorOut(Schema):
 
 
 ERRORS = {
+    400: ErrorOut,
     401: ErrorOut,
     403: ErrorOut,
     404: ErrorOut,
@@ -174,6 +177,14 @@ def on_unauthenticated(request, exc):
 @api.exception_handler(ValidationError)
 def on_invalid_request(request, exc: ValidationError):
     return error_response(400, "invalid_request", "The request body is not valid JSON of the expected shape.")
+
+
+@api.exception_handler(MultiPartParserError)
+@api.exception_handler(BadRequest)
+def on_unreadable_request(request, exc):
+    """A body Django cannot parse (a multipart body without its boundary, say) is the client's
+    mistake, not a bug."""
+    return error_response(400, "invalid_request", "The request body could not be read.")
 
 
 @api.exception_handler(HttpError)

@@ -1,5 +1,10 @@
+import ipaddress
+from functools import cache
+from urllib.parse import urlsplit
+
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import Error, Tags, Warning, register
+from publicsuffixlist import PublicSuffixList
 
 from . import services
 
@@ -79,12 +84,71 @@ def _access_lifetime_errors() -> list[Error]:
     return []
 
 
+@register(Tags.security)
+def check_preview_site(app_configs=None, **kwargs):
+    """Previews run the users' own code: on the portal's site (the same registrable domain)
+    that code could act with the portal's cookies and pose as its pages."""
+    preview = urlsplit(settings.SANDBOX_PREVIEW_URL)
+    if (
+        preview.scheme not in ("http", "https")
+        or not preview.hostname
+        or preview.path not in ("", "/")
+        or _is_address(preview.hostname)
+    ):
+        return [
+            Error(
+                f"SANDBOX_PREVIEW_URL is {settings.SANDBOX_PREVIEW_URL!r}, which is not a scheme and a host name.",
+                hint="Set it to the base of the preview hosts, e.g. https://preview.example-usercontent.com "
+                "(previews are then served at https://<port>-<sandbox>.preview.example-usercontent.com).",
+                id="sandboxes.E010",
+            )
+        ]
+    portal_host = urlsplit(settings.PORTAL_URL).hostname or ""
+    preview_host = f"3000-sandbox.{preview.hostname}"
+    hosts = [portal_host, *(host.lstrip(".") for host in settings.ALLOWED_HOSTS if host not in ("*", ""))]
+    shared = sorted({host for host in hosts if host and registrable_domain(host) == registrable_domain(preview_host)})
+    if shared:
+        return [
+            Warning(
+                f"Previews ({preview.hostname} and its subdomains) are on the same site as the portal "
+                f"({', '.join(shared)}): users' apps could act with the portal's cookies.",
+                hint="Serve previews from a domain of their own (SANDBOX_PREVIEW_URL), with a wildcard DNS name "
+                "and certificate, as hosted sandboxes do.",
+                id="sandboxes.W010",
+            )
+        ]
+    return []
+
+
+@cache
+def _public_suffixes() -> PublicSuffixList:
+    return PublicSuffixList()
+
+
+def registrable_domain(host: str) -> str:
+    """The site a host belongs to: its registrable domain by the Public Suffix List; an IP
+    address or a name that is itself a public suffix (``localhost``) is a site of its own."""
+    host = host.strip("[]").lower().rstrip(".")
+    if _is_address(host):
+        return host
+    return _public_suffixes().privatesuffix(host) or host
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
 LOCAL_PROBLEM_IDS = {
     "bwrap_missing": "sandboxes.E005",
     "bwrap_fails": "sandboxes.E006",
     "python_missing": "sandboxes.E007",
     "root_not_traversable": "sandboxes.E008",
     "root_visible": "sandboxes.E008",
+    "disk_images_unavailable": "sandboxes.E011",
 }
 
 

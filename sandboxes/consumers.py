@@ -13,7 +13,8 @@ Protocol, at ``ws/sandboxes/<remote_id>/terminal/?cols=<C>&rows=<R>[&session=<id
   ``{"type": "error", "message"}`` before a close that invites a reconnect.
 - Close codes: 4400 bad request, 4401 signed out, 4404 no such sandbox of this user, 4408 no
   input or output for longer than the idle period (reconnect only when the user asks), 4409 the
-  sandbox is not running, 4429 too many terminal sessions in this sandbox, 1013 the provider or
+  sandbox is not running, 4429 too many terminal sessions in this sandbox, 4430 too many terminal
+  websockets open by this user (``SANDBOX_TERMINAL_CONNECTIONS_PER_USER``), 1013 the provider or
   the shell's connection failed (reconnect with backoff), 1000 the shell exited.
 
 The PTY session is minted by the portal (``services.terminal_open``) when the browser names
@@ -40,12 +41,14 @@ import queue
 import re
 import threading
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+from django.core.cache import cache
 from django.db import connections
 
 from . import services
@@ -59,6 +62,7 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_IDLE = 4408
 CLOSE_NOT_RUNNING = 4409
 CLOSE_TOO_MANY = 4429
+CLOSE_TOO_MANY_CONNECTIONS = 4430
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NORMAL = 1000
 
@@ -84,6 +88,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.terminal: services.Terminal | None = None
         self.closing = False
         self.shell_exited = False
+        self.slot: tuple[str, str] | None = None
         try:
             await self._attach()
         except OSError:
@@ -95,6 +100,16 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(CLOSE_SIGNED_OUT)
+            return
+        self.slot = await self._in_thread(_claim_slot, user.pk)
+        if self.slot is None:
+            limit = settings.SANDBOX_TERMINAL_CONNECTIONS_PER_USER
+            await self._send_control(
+                type="error",
+                message=f"You already have {limit} terminals open, the most one person may have. "
+                "Close one of them, then reconnect.",
+            )
+            await self.close(CLOSE_TOO_MANY_CONNECTIONS)
             return
         query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         session_id = query.get("session", [""])[0] or None
@@ -150,6 +165,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def disconnect(self, code: int) -> None:
         self.closing = True
+        slot, self.slot = getattr(self, "slot", None), None
+        if slot is not None:
+            await self._in_thread(_release_slot, slot)
         terminal = getattr(self, "terminal", None)
         if terminal is None:
             return
@@ -338,6 +356,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 await self.close(CLOSE_IDLE)
                 return
             await _renew(self.terminal.session_id)
+            if self.slot is not None:
+                await self._in_thread(_renew_slot, self.slot)
 
     async def _remote_state(self) -> SandboxState | None:
         return await self._in_thread(services.sandbox_remote_state, sandbox=self.sandbox)
@@ -360,6 +380,40 @@ def _closing_connections(function, args, kwargs):
         return function(*args, **kwargs)
     finally:
         connections.close_all()
+
+
+# Terminal websockets per user, across processes: slot keys in the shared cache, each claimed
+# atomically (cache.add) and held under a lease renewed while the websocket is open, so the slots
+# of a process that died come free when their leases run out.
+
+
+def _slot_lease() -> int:
+    return 2 * settings.SANDBOX_TERMINAL_RENEW_SECONDS + 30
+
+
+def _claim_slot(user_id: int) -> tuple[str, str] | None:
+    """A free slot ``(key, holder)`` of the user's, or None when all are taken."""
+    limit = settings.SANDBOX_TERMINAL_CONNECTIONS_PER_USER
+    holder = uuid.uuid4().hex
+    if limit <= 0:
+        return "", holder  # no cap
+    for index in range(limit):
+        key = f"terminal-websocket:{user_id}:{index}"
+        if cache.add(key, holder, timeout=_slot_lease()):
+            return key, holder
+    return None
+
+
+def _renew_slot(slot: tuple[str, str]) -> None:
+    key, holder = slot
+    if key and cache.get(key) in (holder, None):
+        cache.set(key, holder, timeout=_slot_lease())
+
+
+def _release_slot(slot: tuple[str, str]) -> None:
+    key, holder = slot
+    if key and cache.get(key) == holder:
+        cache.delete(key)
 
 
 @database_sync_to_async

@@ -1,11 +1,11 @@
 from django.urls import path
 
 from . import views
-from .local_only import preview
+from .preview import door
 
 urlpatterns = [
     path("sandbox-portal/", views.portal, name="portal"),
     path("sandboxes/<str:remote_id>/terminal/", views.terminal, name="sandbox-terminal"),
-    path("sandboxes/<str:remote_id>/preview/", preview.preview, name="sandbox-preview"),
-    path("sandboxes/<str:remote_id>/preview/<path:path>", preview.preview, name="sandbox-preview-path"),
+    path("sandboxes/<str:remote_id>/preview/", door.open_preview, name="sandbox-preview"),
+    path("sandboxes/<str:remote_id>/preview/<path:path>", door.open_preview, name="sandbox-preview-path"),
 ]

@@ -1,3 +1,5 @@
+from urllib.parse import urlsplit
+
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, render
@@ -5,6 +7,28 @@ from django.views.decorators.http import require_GET
 
 from .http import no_store
 from .models import Sandbox
+from .origins import parse_origin
+
+# Sec-Fetch-Site values of a navigation the portal itself (or the user, typing or from a
+# bookmark) started; "same-site" is another origin too (another port of the portal's host).
+OWN_NAVIGATION = {"same-origin", "none"}
+
+
+def navigated_from_the_portal(request) -> bool:
+    """Whether this page load came from the portal's own pages (or the address bar), so that it
+    may change state by itself: by ``Sec-Fetch-Site`` where the browser sends it, otherwise by
+    a ``Referer`` of the portal's own origin. A link on any other site, or no word at all, is not."""
+    fetch_site = request.headers.get("Sec-Fetch-Site")
+    if fetch_site is not None:
+        return fetch_site in OWN_NAVIGATION
+    try:
+        referer = urlsplit(request.headers.get("Referer", ""))
+    except ValueError:
+        return False
+    if not referer.netloc or "@" in referer.netloc:
+        return False
+    referer_origin = parse_origin(f"{referer.scheme}://{referer.netloc}")
+    return referer_origin is not None and referer_origin == parse_origin(f"{request.scheme}://{request.get_host()}")
 
 
 @require_GET
@@ -18,7 +42,12 @@ def portal(request):
         "ssh_minutes": settings.SANDBOX_SSH_TOKEN_MINUTES,
         "preview_port": settings.SANDBOX_PREVIEW_PORT,
     }
-    return render(request, "sandboxes/portal.html", {"specs": specs})
+    # ?launch=1 (back from the sign-in) starts the launch by itself, but never for a link on
+    # another site: there the page shows the usual button.
+    auto_launch = (
+        request.user.is_authenticated and request.GET.get("launch") == "1" and navigated_from_the_portal(request)
+    )
+    return render(request, "sandboxes/portal.html", {"specs": specs, "auto_launch": auto_launch})
 
 
 @require_GET

@@ -84,3 +84,22 @@ def test_configured_social_providers_appear_on_sign_in(client, settings):
 def test_unconfigured_social_providers_are_hidden(client):
     page = client.get("/accounts/login/").content.decode()
     assert "GitHub" not in page and "Google" not in page
+
+
+def test_sign_ups_past_the_hourly_cap_are_refused_with_a_message(settings):
+    from accounts.adapter import SIGNUPS_FULL_MESSAGE
+
+    settings.ACCOUNT_SIGNUPS_PER_HOUR = 3
+    settings.ACCOUNT_RATE_LIMITS = {"signup": "100/m/ip"}  # one address, as a crowd behind a NAT
+    for i in range(3):
+        assert sign_up(Client(), f"early{i}@example.com").status_code == 302
+
+    refused = sign_up(Client(), "late@example.com")
+
+    assert refused.status_code == 200
+    assert SIGNUPS_FULL_MESSAGE in refused.content.decode().replace("&#x27;", "'")
+    assert not get_user_model().objects.filter(email="late@example.com").exists()
+    assert get_user_model().objects.count() == 3
+
+    settings.ACCOUNT_SIGNUPS_PER_HOUR = 0  # no cap
+    assert sign_up(Client(), "late@example.com").status_code == 302

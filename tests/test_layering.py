@@ -25,6 +25,7 @@ DOORS = (
     "sandboxes.tasks",
     "sandboxes.management",
     "sandboxes.local_only",
+    "sandboxes.preview",
 )
 
 

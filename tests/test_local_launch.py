@@ -36,7 +36,7 @@ def test_launch_creates_a_local_sandbox_and_hands_out_access(local_settings, own
     assert access["ssh"]["command"] == f"ssh -p 2222 {access['ssh']['token']}@localhost"
     assert (access["ssh"]["host"], access["ssh"]["port"]) == ("localhost", 2222)
     assert provider.resolve_ssh_token(access["ssh"]["token"]) == sandbox_id
-    assert access["preview"]["url"].endswith(f"/sandboxes/{sandbox_id}/preview/")
+    assert access["preview"]["url"].endswith(f"/sandboxes/{sandbox_id}/preview/?port=3000")
     assert access["preview"]["port"] == 3000
     assert access["terminal"]["url"].endswith(f"/sandboxes/{sandbox_id}/terminal/")
     assert access["ssh"]["expiresAt"] and access["preview"]["expiresAt"] and access["terminal"]["expiresAt"]

@@ -1,105 +1,41 @@
-"""The preview of a local sandbox: port 3000 inside it, served by the portal to its owner."""
+"""The preview of a local sandbox: the provider's streams to its ports, and the portal's page
+that opens the preview (the relay itself: tests/test_preview_sites.py)."""
 
-import json
 import socket
 import textwrap
-import time
+from urllib.parse import urlsplit
 
 import pytest
-from asgiref.sync import async_to_sync
-from django.test import AsyncRequestFactory, Client
+from django.test import Client
 
-from sandboxes.local_only.preview import preview
+from sandboxes.models import Sandbox
 from sandboxes.providers import get_provider
 from tests.conftest import launch, signed_in
 from tests.local_fixtures import local_root, local_settings, make_provider, run, spec, wait_for_port  # noqa: F401
 
 pytestmark = pytest.mark.django_db
 
-APP = textwrap.dedent(
-    """
-    import http.server, json, sys, time
 
-    class App(http.server.BaseHTTPRequestHandler):
-        def reply(self, status, body, content_type="text/html", **headers):
-            self.send_response(status)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            for name, value in headers.items():
-                self.send_header(name.replace("_", "-"), value)
-            self.end_headers()
-            self.wfile.write(body)
-
-        def do_GET(self):
-            if self.path.startswith("/headers"):
-                return self.reply(200, json.dumps(dict(self.headers)).encode(), "application/json")
-            if self.path == "/go":
-                return self.reply(302, b"", Location="/landed?x=1")
-            if self.path == "/slow":  # no length: the body ends when the connection closes
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"first ")
-                self.wfile.flush()
-                time.sleep(1)
-                self.wfile.write(b"second")
-                return
-            self.reply(
-                200,
-                f"<h1>app of {sys.argv[1]} at {self.path}</h1>".encode(),
-                Set_Cookie="sessionid=stolen; Path=/",
-                Content_Security_Policy="default-src *",
-                Clear_Site_Data='"cookies"',
-                X_App="yes",
-            )
-
-        def do_POST(self):
-            data = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.reply(201, b"got " + data, "text/plain")
-
-    http.server.ThreadingHTTPServer(("127.0.0.1", 3000), App).serve_forever()
-    """
-)
-
-
-def start_app(sandbox_id: str, label: str) -> None:
-    provider = get_provider("local")
-    run(provider, sandbox_id, f"cat > ~/app.py <<'EOF'\n{APP}\nEOF\nnohup python3 ~/app.py {label} >/dev/null 2>&1 &")
-    wait_for_port(provider, sandbox_id, 3000)
-
-
-def body_of(response) -> bytes:
-    return b"".join(response.streaming_content) if response.streaming else response.content
-
-
-@pytest.fixture
-def owned(local_settings, owner):
-    """The owner's launched sandbox running the app; (client, sandbox id, preview path)."""
+def test_the_preview_link_is_the_portals_page_which_sends_the_owner_to_the_previews_site(local_settings, owner):
     client = signed_in(owner)
     body = launch(client).json()
-    start_app(body["sandbox"]["id"], "owner")
-    return client, body["sandbox"]["id"], body["access"]["preview"]["url"]
+    sandbox_id = body["sandbox"]["id"]
+    assert body["access"]["preview"]["url"] == f"http://testserver/sandboxes/{sandbox_id}/preview/?port=3000"
+
+    door = client.get(f"/sandboxes/{sandbox_id}/preview/?port=3000")
+    assert door.status_code == 302
+    target = urlsplit(door["Location"])
+    assert target.netloc == f"3000-{sandbox_id}.localhost:8000" and target.path == "/_joepro/handshake"
+    assert door["Cache-Control"].startswith("no-store") or "no-store" in door["Cache-Control"]
+    assert urlsplit(client.get(f"/sandboxes/{sandbox_id}/preview/docs?port=8080")["Location"]).netloc.startswith(
+        "8080-"
+    )
+    assert client.get(f"/sandboxes/{sandbox_id}/preview/?port=70000").status_code == 400
 
 
-def test_the_owner_sees_the_app(owned):
-    client, sandbox_id, url = owned
-    response = client.get(url, follow=True)
-
-    assert response.status_code == 200
-    assert body_of(response) == b"<h1>app of owner at /</h1>"
-    final = response.redirect_chain[-1][0]
-    assert final.startswith(f"/sandboxes/{sandbox_id}/preview/~")
-
-    page = client.get(final + "docs/page?q=1")
-    assert body_of(page) == b"<h1>app of owner at /docs/page?q=1</h1>"
-    assert page["Content-Security-Policy"] == "sandbox allow-scripts allow-forms allow-popups allow-modals"
-    assert page["X-App"] == "yes"
-    assert "Set-Cookie" not in page and "Clear-Site-Data" not in page
-    assert not page.cookies.get("sessionid") or page.cookies["sessionid"].value != "stolen"
-    assert page["Referrer-Policy"] == "no-referrer"
-
-
-def test_other_users_get_404_and_signed_out_visitors_sign_in(owned, teammate, outsider):
-    _, sandbox_id, url = owned
+def test_other_users_get_404_and_signed_out_visitors_sign_in(local_settings, owner, teammate, outsider):
+    sandbox_id = launch(signed_in(owner)).json()["sandbox"]["id"]
+    url = f"/sandboxes/{sandbox_id}/preview/"
     for user in (teammate, outsider):
         assert signed_in(user).get(url).status_code == 404
         assert signed_in(user).get(url + "any/path").status_code == 404
@@ -107,84 +43,19 @@ def test_other_users_get_404_and_signed_out_visitors_sign_in(owned, teammate, ou
     anonymous = Client().get(url)
     assert anonymous.status_code == 302
     assert anonymous["Location"].startswith("/accounts/login/?next=")
-    assert Client().get(f"/sandboxes/{'0' * 32}/preview/").status_code == 302
     assert signed_in(teammate).get(f"/sandboxes/{'0' * 32}/preview/").status_code == 404
 
 
-def test_the_pages_own_requests_work_without_cookies(owned, teammate):
-    """A page served with CSP sandbox has an opaque origin: browsers send its requests for
-    scripts and styles without cookies. The capability in the path authorises them."""
-    client, sandbox_id, url = owned
-    capability_url = client.get(url)["Location"]
+def test_a_stopped_sandbox_has_no_preview(local_settings, owner):
+    client = signed_in(owner)
+    sandbox_id = launch(client).json()["sandbox"]["id"]
+    get_provider("local").stop(sandbox_id, wait_seconds=5)
+    Sandbox.objects.filter(remote_id=sandbox_id).update(state="stopped")
 
-    assert body_of(Client().get(capability_url + "app.js")) == b"<h1>app of owner at /app.js</h1>"
-    assert signed_in(teammate).get(capability_url).status_code == 404
-    assert Client().get(capability_url.replace("~", "~x")).status_code == 302  # forged: sign in
+    response = client.get(f"/sandboxes/{sandbox_id}/preview/")
 
-    provider = get_provider("local")
-    provider.stop(sandbox_id, wait_seconds=5)
-    provider.start(sandbox_id, wait_seconds=5)
-    start_app(sandbox_id, "owner")
-    assert Client().get(capability_url).status_code == 302  # a restart expires old capabilities
-    assert body_of(client.get(url, follow=True)) == b"<h1>app of owner at /</h1>"
-
-
-def test_responses_stream_under_asgi(owned, owner):
-    """Served by the ASGI server, the body goes out as the app writes it."""
-    client, sandbox_id, url = owned
-    capability_path = client.get(url)["Location"]
-    request = AsyncRequestFactory().get(capability_path + "slow")
-    request.user = owner
-
-    response = preview(request, remote_id=sandbox_id, path=capability_path.split("/preview/", 1)[1] + "slow")
-
-    assert response.is_async
-    arrivals = async_to_sync(_arrivals)(response)
-    assert b"".join(chunk for chunk, _ in arrivals) == b"first second"
-    assert arrivals[0][0] == b"first " and arrivals[-1][1] - arrivals[0][1] > 0.5
-    response.close()
-
-
-async def _arrivals(response) -> list[tuple[bytes, float]]:
-    return [(chunk, time.monotonic()) async for chunk in response]
-
-
-def test_requests_reach_the_app_without_the_portals_credentials(owned):
-    client, _, url = owned
-    base = client.get(url)["Location"]
-
-    headers = json.loads(body_of(client.get(base + "headers", HTTP_AUTHORIZATION="Bearer app-token")))
-    assert headers["Host"] == "localhost:3000"
-    assert "Cookie" not in headers and "X-Csrftoken" not in headers
-    assert headers["Authorization"] == "Bearer app-token"
-    assert headers["X-Forwarded-Prefix"] == base.rstrip("/")
-
-    posted = client.post(base + "form", data=b"name=value", content_type="application/x-www-form-urlencoded")
-    assert posted.status_code == 201 and body_of(posted) == b"got name=value"
-
-    redirect = client.get(base + "go")
-    assert redirect.status_code == 302
-    assert redirect["Location"] == base + "landed?x=1"
-
-
-def test_two_sandboxes_both_serve_port_3000(local_settings, owner, teammate):
-    previews = {}
-    for user, label in ((owner, "first"), (teammate, "second")):
-        client = signed_in(user)
-        body = launch(client).json()
-        run(
-            get_provider("local"),
-            body["sandbox"]["id"],
-            f"mkdir -p ~/site && echo 'site of {label}' > ~/site/index.html && "
-            "cd ~/site && nohup python3 -m http.server 3000 --bind 127.0.0.1 >/dev/null 2>&1 &",
-        )
-        wait_for_port(get_provider("local"), body["sandbox"]["id"], 3000)
-        previews[label] = (client, body["access"]["preview"]["url"])
-
-    for label, (client, url) in previews.items():
-        assert body_of(client.get(url, follow=True)) == f"site of {label}\n".encode()
-    first_client, _ = previews["first"]
-    assert first_client.get(previews["second"][1]).status_code == 404
+    assert response.status_code == 503
+    assert b"not running" in response.content
 
 
 ECHO_SERVER = textwrap.dedent(
@@ -218,25 +89,3 @@ def test_port_3000_of_two_sandboxes_through_the_provider(local_root):
             received += chunk
         relay.close()
         assert received == f"sandbox {index} heard hello".encode()
-
-
-def test_nothing_listening_shows_how_to_start_the_app(local_settings, owner):
-    client = signed_in(owner)
-    body = launch(client).json()
-
-    response = client.get(body["access"]["preview"]["url"], follow=True)
-
-    assert response.status_code == 502
-    assert b"port 3000" in response.content and b"python3 -m http.server 3000" in response.content
-    assert "default-src 'none'" in response["Content-Security-Policy"]
-
-
-def test_a_stopped_sandbox_has_no_preview(local_settings, owner):
-    client = signed_in(owner)
-    body = launch(client).json()
-    get_provider("local").stop(body["sandbox"]["id"], wait_seconds=5)
-
-    response = client.get(body["access"]["preview"]["url"])
-
-    assert response.status_code == 503
-    assert b"not running" in response.content

@@ -283,7 +283,7 @@ def test_mint_access_gives_an_ssh_token_and_portal_links(provider, sandbox, loca
     assert len(access.ssh.token) == 32
     assert access.ssh.command == f"ssh -p 2222 {access.ssh.token}@localhost"
     assert (access.ssh.host, access.ssh.port) == ("localhost", 2222)
-    assert access.preview.url == f"/sandboxes/{sandbox.id}/preview/"
+    assert access.preview.url == f"/sandboxes/{sandbox.id}/preview/?port=3000"
     assert access.terminal.url == f"/sandboxes/{sandbox.id}/terminal/"
     assert access.preview.port == 3000
     assert provider.resolve_ssh_token(access.ssh.token) == sandbox.id
@@ -306,16 +306,19 @@ def test_ssh_tokens_expire_and_die_with_the_sandbox(provider):
     assert provider.resolve_ssh_token(expired.ssh.token) is None
 
     live = provider.mint_access(remote.id, ssh_minutes=120, preview_port=3000, link_seconds=60)
-    nonce = provider.link_nonce(remote.id)
+    nonce = provider.preview_upstream(remote.id, 3000).nonce
     assert provider.resolve_ssh_token(live.ssh.token) == remote.id and nonce
     provider.stop(remote.id, wait_seconds=10)
     assert provider.resolve_ssh_token(live.ssh.token) is None
-    assert provider.link_nonce(remote.id) is None
-    with pytest.raises(ProviderError) as caught:
-        provider.mint_access(remote.id, ssh_minutes=120, preview_port=3000, link_seconds=60)
-    assert caught.value.kind is ErrorKind.INVALID_STATE
+    for refused in (
+        lambda: provider.preview_upstream(remote.id, 3000),
+        lambda: provider.mint_access(remote.id, ssh_minutes=120, preview_port=3000, link_seconds=60),
+    ):
+        with pytest.raises(ProviderError) as caught:
+            refused()
+        assert caught.value.kind is ErrorKind.INVALID_STATE
     provider.start(remote.id, wait_seconds=10)
-    assert provider.link_nonce(remote.id) not in (None, nonce)
+    assert provider.preview_upstream(remote.id, 3000).nonce not in (None, nonce)
 
 
 def test_activity_is_reported(provider, sandbox):
@@ -336,7 +339,8 @@ def test_resource_limits_are_applied(provider, sandbox):
     record = provider.record(sandbox.id)
     limits = provider.limits_in_force()
     inside = run(provider, sandbox.id, "cat /proc/self/limits")
-    assert _limit(inside, "Max file size") == str(8 * GIB)
+    # With disk images the image's size is the limit (ENOSPC); without, RLIMIT_FSIZE per file.
+    assert _limit(inside, "Max file size") == ("unlimited" if provider.lifecycle.disk_images else str(8 * GIB))
     assert _limit(inside, "Max core file size") == "0"
     agent_pid = record["process"]["agent_pid"]
     if "memory" in provider.cgroups.usable:
@@ -370,6 +374,8 @@ def test_a_sandbox_over_its_disk_quota_does_not_start(provider):
     remote = provider.create(spec(disk_gb=1), wait_seconds=10)
     provider.stop(remote.id, wait_seconds=10)
     home = provider.root / remote.id / "home"
+    # With disk images only a workspace from before them (a plain directory) can be over quota.
+    (provider.root / remote.id / "home.img").unlink(missing_ok=True)
     for index in range(2):
         with open(home / f"big-{index}", "wb") as handle:
             os.posix_fallocate(handle.fileno(), 0, 600 << 20)

@@ -9,6 +9,7 @@ import stat
 import subprocess
 import sys
 import threading
+import time
 from datetime import timedelta
 
 import pytest
@@ -215,3 +216,29 @@ def test_the_gateway_is_needed_with_local_sandboxes_only(settings):
         call_command("run_ssh_gateway", "--needed")
 
     assert (local.value.code, daytona.value.code) == (0, 1)
+
+
+# --- token guessing -----------------------------------------------------------------------------
+
+
+def test_wrong_tokens_from_one_address_are_throttled_then_let_through_after_the_cool_down(
+    gateway, owner, local_settings
+):
+    from sandboxes.local_only.ssh_gateway import THROTTLED_MESSAGE
+
+    local_settings.SANDBOX_SSH_FAILED_TOKENS_PER_MINUTE = 3
+    local_settings.SANDBOX_SSH_THROTTLE_SECONDS = 3
+    token = ssh_access(owner)["token"]
+    throttled = THROTTLED_MESSAGE.split(".")[0]
+
+    guesses = [ssh(secrets.token_urlsafe(24), "true", port=gateway.port) for _ in range(3)]
+    assert all(refused(guess) for guess in guesses)  # each told the token is wrong
+
+    right_but_throttled = ssh(token, "echo in", port=gateway.port)
+    assert refused(right_but_throttled, throttled), right_but_throttled.stderr
+    assert "Wait" in right_but_throttled.stderr.decode()
+    assert refused(ssh(secrets.token_urlsafe(24), "true", port=gateway.port), throttled)
+
+    time.sleep(3.2)
+    after = ssh(token, "echo in", port=gateway.port)
+    assert (after.returncode, after.stdout) == (0, b"in\n"), after.stderr

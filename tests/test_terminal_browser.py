@@ -19,6 +19,7 @@ import pytest
 import uvicorn
 from django.conf import settings as django_settings
 from django.db import connections
+from django.test import override_settings
 from playwright.sync_api import expect, sync_playwright
 
 from sandboxes import services
@@ -61,9 +62,13 @@ def asgi_server(transactional_db):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.02)
+    # Previews are served by the same server, on subdomains of localhost.
+    previews = override_settings(SANDBOX_PREVIEW_URL=f"http://localhost:{port}", PORTAL_URL=f"http://127.0.0.1:{port}")
+    previews.enable()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
+        previews.disable()
         server.should_exit = True
         thread.join(10)
         listener.close()
@@ -74,14 +79,12 @@ def _application():
     """The project's ASGI application with an HTTP handler built now, so that its middleware
     reads the test session's settings (plain HTTP), and static files served by their plain
     names from the source tree, as the other live servers of the tests do."""
-    from channels.routing import ProtocolTypeRouter
     from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
     from django.core.asgi import get_asgi_application
 
-    from joepro.asgi import application
+    from joepro.asgi import build_application
 
-    http = ASGIStaticFilesHandler(get_asgi_application())
-    return ProtocolTypeRouter({**application.application_mapping, "http": http})
+    return build_application(ASGIStaticFilesHandler(get_asgi_application()))
 
 
 @pytest.fixture

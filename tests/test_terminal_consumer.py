@@ -364,3 +364,29 @@ def test_a_bad_session_id_is_refused(owner, daytona):
         return await refused_with(socket(client, remote_id, session="../../etc"))
 
     assert async_to_sync(scenario)() == (4400, [])
+
+
+def test_terminal_websockets_are_bounded_per_user_across_sandbox_sessions(owner, daytona, settings):
+    settings.SANDBOX_TERMINAL_CONNECTIONS_PER_USER = 3
+    settings.SANDBOX_TERMINAL_SESSIONS = 8  # the per-sandbox bound is not the one reached
+    remote_id, client = launched(owner, daytona)
+
+    async def scenario():
+        open_ones = [socket(client, remote_id) for _ in range(3)]
+        for terminal in open_ones:
+            await attach(terminal)
+        code, controls = await refused_with(socket(client, remote_id))
+        assert (code, [c["type"] for c in controls]) == (4430, ["error"])
+        assert "3 terminals open" in controls[0]["message"]
+
+        # Closing one frees its slot at once.
+        await open_ones[0].disconnect()
+        again = socket(client, remote_id)
+        await attach(again)
+        await run(again, "echo $((6*7))", b"42")
+        code, _ = await refused_with(socket(client, remote_id))
+        assert code == 4430
+        for terminal in [*open_ones[1:], again]:
+            await terminal.disconnect()
+
+    async_to_sync(scenario)()

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import enum
 import socket
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -108,7 +108,8 @@ class Capability(enum.StrEnum):
     # open_terminal(command=[...]) runs that program instead of the login shell (the portal's
     # own SSH gateway runs an SSH client's command that way).
     TERMINAL_COMMAND = "terminal_command"
-    # The portal serves the preview itself: link_nonce() and open_relay().
+    # open_relay(): raw streams to ports inside the sandbox (the SSH gateway's forwards, and how
+    # the portal reaches a local sandbox's preview).
     PREVIEW_RELAY = "preview_relay"
     # The portal's own SSH gateway serves the sandboxes: resolve_ssh_token() and ssh_token_sandbox().
     SSH_GATEWAY = "ssh_gateway"
@@ -176,12 +177,34 @@ class SignedLink:
 
 
 @dataclass(frozen=True)
+class PreviewUpstream:
+    """How the portal's preview relay reaches what a running sandbox serves on one port.
+
+    Requests go to ``url`` plus the request's path (``url`` may carry a path prefix of its
+    own), with ``headers`` added; ``connect``, where set, opens the stream instead of dialling
+    ``url``'s host. ``nonce`` changes at every start and stop of the sandbox and at
+    :meth:`SandboxProvider.revoke_access` where the backend allows: preview sessions are bound
+    to it and end with it. Everything here is secret."""
+
+    url: str
+    nonce: str
+    headers: Mapping[str, str] = field(default_factory=dict)
+    connect: Callable[[], socket.socket] | None = None
+
+
+@dataclass(frozen=True)
 class SandboxAccess:
     """Everything a user needs to reach a started sandbox. All of it is secret."""
 
     ssh: SshAccess
     preview: SignedLink
     terminal: SignedLink
+
+
+def preview_page_link(remote_id: str, port: int, expires_at: datetime) -> SignedLink:
+    """The portal's own page that opens the preview of ``port`` (it signs the owner in on the
+    preview's site, then sends them there): the preview link of every provider."""
+    return SignedLink(url=f"/sandboxes/{remote_id}/preview/?port={port}", expires_at=expires_at, port=port)
 
 
 class TerminalSession:
@@ -358,9 +381,9 @@ class SandboxProvider:
         raise NotImplementedError
 
     def mint_access(self, remote_id: str, *, ssh_minutes: int, preview_port: int, link_seconds: int) -> SandboxAccess:
-        """New SSH token (valid ``ssh_minutes``), signed preview URL for ``preview_port`` and
-        terminal URL (each valid ``link_seconds``). Minting an SSH token revokes the older
-        ones of the same sandbox. Independent backend calls run concurrently."""
+        """New SSH token (valid ``ssh_minutes``), the portal's preview page for ``preview_port``
+        (:func:`preview_page_link`) and terminal URL (each valid ``link_seconds``). Minting an
+        SSH token revokes the older ones of the same sandbox. Independent backend calls run concurrently."""
         raise NotImplementedError
 
     def revoke_access(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
@@ -405,12 +428,15 @@ class SandboxProvider:
         running or is gone, are not errors. Never counts as use of the sandbox."""
         raise NotImplementedError
 
-    # -- optional: Capability.PREVIEW_RELAY ---------------------------------------------------
+    def preview_upstream(self, remote_id: str, port: int) -> PreviewUpstream:
+        """Where the portal's preview relay sends requests for ``port`` of the running sandbox
+        (see :class:`PreviewUpstream`). Previews are always served through the portal, on a
+        site of their own, never by the backend's own preview pages. Raises
+        ``kind=INVALID_STATE`` when the sandbox is not running and ``kind=NOT_FOUND`` when it is
+        gone; whether anything listens on ``port`` shows only when the relay connects."""
+        raise NotImplementedError
 
-    def link_nonce(self, remote_id: str) -> str | None:
-        """A value that changes at every start, stop and :meth:`revoke_access` of the sandbox:
-        preview links the portal signs with it expire early with it. None unless it runs."""
-        raise self._lacks(Capability.PREVIEW_RELAY)
+    # -- optional: Capability.PREVIEW_RELAY ---------------------------------------------------
 
     def open_relay(self, remote_id: str, port: int) -> socket.socket:
         """A connected stream (blocking, no timeout) to ``127.0.0.1:port`` inside the running

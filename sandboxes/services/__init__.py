@@ -13,7 +13,7 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 - :mod:`.lifecycle`  stop (one, many, the idle policy), start, delete, sync
 - :mod:`.reconcile`  make the rows true to what really runs
 - :mod:`.terminals`  PTY sessions: the web terminal's (minted, bounded, reaped), the SSH gateway's
-- :mod:`.gateways`   the portal's own preview relay and SSH gateway, where a provider has none
+- :mod:`.gateways`   the preview relay's routes (every provider), the SSH gateway where a provider has none
 - :mod:`.configuration`  what keeps the configured provider from working, for system checks
 """
 
@@ -24,14 +24,15 @@ from .activity import idle_stop_at, sandbox_extend, sandbox_record_activity, san
 from .configuration import PROVIDER_NAMES, provider_problems
 from .errors import SandboxError
 from .gateways import (
+    PreviewRoute,
     Process,
     SshRefusal,
     SshTarget,
     SshTokenCheck,
-    preview_connect,
-    preview_link_nonce,
+    preview_open_stream,
+    preview_owner,
     preview_record_activity,
-    preview_sandbox,
+    preview_route,
     ssh_connection_check,
     ssh_gateway_needed,
     ssh_port_connect,
@@ -93,10 +94,11 @@ __all__ = [
     "links_to_expire",
     "managed_labels",
     "owner_labels",
-    "preview_connect",
-    "preview_link_nonce",
+    "PreviewRoute",
+    "preview_open_stream",
+    "preview_owner",
     "preview_record_activity",
-    "preview_sandbox",
+    "preview_route",
     "provider_problems",
     "remote_name_for",
     "sandbox_delete",

@@ -1,5 +1,6 @@
-"""The portal's own preview relay and SSH gateway, for sandboxes whose provider has no such
-door of its own (:attr:`Capability.PREVIEW_RELAY`, :attr:`Capability.SSH_GATEWAY`)."""
+"""The portal's own doors into sandboxes: the preview relay (every provider's previews are
+served through it, on a site of their own) and the SSH gateway, for sandboxes whose provider
+has none of its own (:attr:`Capability.SSH_GATEWAY`)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from django.utils import timezone
 
 from sandboxes.models import ActivitySource, Sandbox
 from sandboxes.providers import get_provider, names_supporting, provider_supports
-from sandboxes.providers.base import Capability, ProcessSession, ProviderError, RemoteState
+from sandboxes.providers.base import Capability, ErrorKind, PreviewUpstream, ProcessSession, ProviderError, RemoteState
 
 from .access import stored_access
 from .activity import sandbox_record_activity
@@ -29,37 +30,56 @@ log = logging.getLogger(__name__)
 # --- the preview relay ------------------------------------------------------------------------
 
 
-def preview_sandbox(*, remote_id: str) -> Sandbox | None:
-    """The sandbox ``remote_id`` if the portal serves its preview itself; None for an unknown
-    id and for a sandbox whose provider serves previews on its own."""
+@dataclass(frozen=True)
+class PreviewRoute:
+    """Where the preview of one port of a running sandbox comes from, and whose it is."""
+
+    sandbox_pk: int
+    user_id: int
+    remote_id: str
+    port: int
+    upstream: PreviewUpstream
+
+
+@provider_failures_as_sandbox_errors
+def preview_route(*, remote_id: str, port: int) -> PreviewRoute:
+    """The route to ``port`` of the running sandbox ``remote_id``, whatever its provider.
+    ``SandboxError`` of kind ``not_found`` for an unknown id, ``invalid_state`` when the sandbox
+    is not running (by the portal's record or the provider's). Blocking: one database read and
+    the provider's answer; the caller caches it for a few seconds."""
     sandbox = (
         Sandbox.objects.filter(remote_id=remote_id)
-        .only("user_id", "provider", "remote_id", "remote_name", "state")
+        .exclude(remote_id="")
+        .only("pk", "user_id", "provider", "remote_id", "state")
         .first()
     )
-    if sandbox is None or not provider_for(sandbox).supports(Capability.PREVIEW_RELAY):
-        return None
-    return sandbox
+    if sandbox is None:
+        raise ProviderError("No such sandbox.", kind=ErrorKind.NOT_FOUND)
+    if not sandbox.is_running:
+        raise ProviderError("The sandbox is not running.", kind=ErrorKind.INVALID_STATE)
+    upstream = provider_for(sandbox).preview_upstream(remote_id, port)
+    return PreviewRoute(sandbox.pk, sandbox.user_id, remote_id, port, upstream)
 
 
 @provider_failures_as_sandbox_errors
-def preview_link_nonce(*, sandbox: Sandbox) -> str | None:
-    """The value the preview's signed links are bound to; it changes at every start, stop and
-    revocation. None unless the sandbox runs."""
-    return provider_for(sandbox).link_nonce(sandbox.remote_id)
-
-
-def preview_record_activity(*, sandbox: Sandbox) -> None:
-    """A request to the preview counts as use of the sandbox (at most one write a minute)."""
-    sandbox_record_activity(sandbox=sandbox, source=ActivitySource.PREVIEW)
-
-
-@provider_failures_as_sandbox_errors
-def preview_connect(*, sandbox: Sandbox, port: int) -> socket.socket:
-    """A connected stream to ``port`` inside the running sandbox (blocking, no timeout).
+def preview_open_stream(*, route: PreviewRoute) -> socket.socket | None:
+    """A connected stream to the route's app where the provider opens it itself (a local
+    sandbox: through its agent), or None: the relay dials ``route.upstream.url``. Blocking.
     ``SandboxError`` of kind ``port_closed`` when nothing listens there, ``invalid_state`` when
-    the sandbox is not running, ``not_found`` when it is gone."""
-    return provider_for(sandbox).open_relay(sandbox.remote_id, port)
+    the sandbox stopped, ``not_found`` when it is gone."""
+    return route.upstream.connect() if route.upstream.connect is not None else None
+
+
+def preview_owner(*, remote_id: str) -> int | None:
+    """The id of the user whose sandbox ``remote_id`` is; None for an unknown id."""
+    return Sandbox.objects.filter(remote_id=remote_id).exclude(remote_id="").values_list("user_id", flat=True).first()
+
+
+def preview_record_activity(*, sandbox_pk: int) -> None:
+    """A person loading a page of the preview uses the sandbox (at most one write a minute)."""
+    sandbox = Sandbox.objects.filter(pk=sandbox_pk).only("pk", "state", "remote_id").first()
+    if sandbox is not None:
+        sandbox_record_activity(sandbox=sandbox, source=ActivitySource.PREVIEW)
 
 
 # --- the SSH gateway --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from sandboxes.providers.base import (
     SandboxSpec,
 )
 
+from . import capacity
 from .access import access_for
 from .activity import note_remote_touch
 from .errors import SandboxError, provider_failures_as_sandbox_errors
@@ -80,6 +81,8 @@ def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
     except (ProviderError, SandboxError) as exc:
         log.warning("launch of %s failed: %s", row.remote_name, exc)
         raise
+    finally:
+        capacity.release(row)  # the committed row now holds its slots, or does not
 
 
 def _launch_locked(sandbox: Sandbox, provider: SandboxProvider, user, now: datetime) -> Launch:
@@ -187,7 +190,10 @@ def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
 
 def _create(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) -> RemoteSandbox:
     """Create under the row's name. A name conflict or an unknown outcome is resolved by
-    looking the name up again (adopting after the owner check), never by creating again."""
+    looking the name up again (adopting after the owner check), never by creating again.
+    Raises ``SandboxError("capacity_reached")`` when the deployment's caps are reached."""
+    capacity.claim(sandbox, capacity.EXISTING)
+    capacity.claim(sandbox, capacity.RUNNING)
     try:
         remote = provider.create(_spec_for(sandbox, user), wait_seconds=_seconds_left(deadline))
     except ProviderError as exc:
@@ -208,6 +214,7 @@ def _create(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) 
 
 
 def _start(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
+    capacity.claim(sandbox, capacity.RUNNING)  # SandboxError("capacity_reached") when all run
     try:
         started = provider.start(remote.id, wait_seconds=_seconds_left(deadline))
     except ProviderError as exc:

@@ -103,12 +103,13 @@ function setUpLauncher() {
   copyButton.addEventListener("click", copySshCommand);
 
   const params = new URLSearchParams(window.location.search);
-  if (params.get("launch") === "1") {
-    // Arriving from the sign-in page: launch once, and not again on reload.
+  if (params.has("launch")) {
+    // Arriving from the sign-in page: launch once, and not again on reload. The server decides
+    // (data-auto-launch): a link on another site to ?launch=1 only shows the button.
     params.delete("launch");
     const query = params.toString();
     window.history.replaceState(null, "", window.location.pathname + (query ? `?${query}` : ""));
-    launch();
+    if (launcher.dataset.autoLaunch === "true") launch();
   }
 
   async function launch() {

@@ -8,7 +8,8 @@
 //   {"type":"exit","code"} (then close 1000), {"type":"idle"} (then close 4408) and
 //   {"type":"error","message"} (then a close worth retrying, or 4429).
 //   Close codes: 4401 signed out, 4404 not found, 4408 no input or output for longer than the
-//   idle period, 4409 sandbox not running, 4429 too many terminals, 4400 bad request; anything
+//   idle period, 4409 sandbox not running, 4429 too many terminals, 4430 too many terminal
+//   connections of this user, 4400 bad request; anything
 //   else unplanned means reconnect with backoff.
 //
 // The server names the session; its id lives in sessionStorage, one per tab: a reload or a
@@ -25,6 +26,7 @@ const CLOSE_NOT_FOUND = 4404;
 const CLOSE_IDLE = 4408;
 const CLOSE_NOT_RUNNING = 4409;
 const CLOSE_TOO_MANY = 4429;
+const CLOSE_TOO_MANY_CONNECTIONS = 4430;
 const FIRST_RETRY_SECONDS = 1;
 const MAX_RETRY_SECONDS = 30;
 const RESIZE_DEBOUNCE_MS = 80;
@@ -230,6 +232,10 @@ function setUpTerminal() {
         return;
       case CLOSE_TOO_MANY:
         setStatus(lastError || "You have too many terminals open. Close one, then reconnect.", "error");
+        showButtons({ reconnect: true });
+        return;
+      case CLOSE_TOO_MANY_CONNECTIONS:
+        setStatus(lastError || "You have too many terminal tabs open. Close one, then reconnect.", "error");
         showButtons({ reconnect: true });
         return;
       case CLOSE_BAD_REQUEST:

@@ -49,3 +49,4 @@ def _restore(fake: FakeDaytona) -> None:
     fake.activity_switches.update(dict.fromkeys(fake.activity_switches, True))
     fake.proxy_activity_cache_seconds = PROXY_CACHE_SECONDS
     fake.preview_warning = True
+    fake.apps.clear()

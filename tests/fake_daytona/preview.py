@@ -45,6 +45,7 @@ from urllib.parse import quote, urlencode, urlsplit
 from aiohttp import web
 
 from .activity import skips_activity
+from .apps import forward
 from .middleware import fake_of
 from .proxy import (
     ProxyRefusal,
@@ -140,6 +141,9 @@ async def _serve(request: web.Request, host: PreviewHost) -> web.StreamResponse:
         refusal = runner_refusal(fake, sandbox_id, f"/sandboxes/{sandbox_id}/toolbox/proxy/{host.port}{host.tail}")
         if refusal is not None:
             raise refusal
+        app = fake.apps.lookup(sandbox_id, host.port)
+        if app is not None:
+            return await forward(fake, request, sandbox_id, app, host.tail, host.cookies)
         response: web.StreamResponse = _page(fake.store.sandbox_name_of(sandbox_id) or sandbox_id, host.port)
     except ProxyRefusal as refusal:
         response = refusal.response(request, fake.clock.time())

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from .activity import ActivityPost, SshSession, skips_activity
 from .api import build_api_app
+from .apps import AppRoutes
 from .clock import FakeClock, iso
 from .faults import Fault, FaultBook
 from .hooks import add_hook_routes
@@ -85,6 +86,8 @@ class FakeDaytona:
         self.activity = self.store.activity
         # Browsers see Daytona's warning page before a preview (organisations can turn it off).
         self.preview_warning = True
+        # Real HTTP servers standing in for sandboxes' apps (see .apps.AppRoutes.serve).
+        self.apps = AppRoutes()
         self._record_lock = threading.Lock()
         self._calls: Counter[str] = Counter()
         self._requests: deque[RecordedRequest] = deque(maxlen=MAX_RECORDED_REQUESTS)

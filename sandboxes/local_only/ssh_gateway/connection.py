@@ -22,10 +22,12 @@ from .messages import (
     REVOKED_MESSAGE,
     SOCKET_FORWARD_PROHIBITED,
     STOPPED_MESSAGE,
+    THROTTLED_MESSAGE,
     TOO_MANY_CHANNELS,
     UNAVAILABLE_MESSAGE,
 )
 from .sessions import SandboxSession, refuse_forwarding_requests
+from .throttle import blocked_for, note_failure
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,18 @@ def check_token(token: str) -> services.SshTokenCheck:
         return services.ssh_token_check(token)
     finally:
         connections.close_all()  # an executor thread: keep no database connection open in it
+
+
+def throttled_check(token: str, address: str) -> tuple[services.SshTokenCheck | None, float]:
+    """The token's check, unless the address is cooling down after too many wrong tokens:
+    then ``(None, seconds left)``, and the token is not checked. Blocking (the shared cache)."""
+    wait = blocked_for(address)
+    if wait:
+        return None, wait
+    check = check_token(token)
+    if check.target is None and check.refusal is services.SshRefusal.EXPIRED and note_failure(address):
+        log.warning("ssh: too many wrong tokens from %s, refused for a while", address)
+    return check, 0.0
 
 
 class GatewayConnection(asyncssh.SSHServer):
@@ -87,8 +101,11 @@ class GatewayConnection(asyncssh.SSHServer):
 
     async def begin_auth(self, username: str) -> bool:
         self.label = token_digest(username)
-        check = await asyncio.to_thread(check_token, username)
         peer = self.conn.get_extra_info("peername") if self.conn else None
+        check, wait = await asyncio.to_thread(throttled_check, username, str(peer and peer[0]))
+        if check is None:
+            log.info("ssh token %s from %s refused unchecked: too many wrong tokens", self.label, peer and peer[0])
+            raise asyncssh.PermissionDenied(THROTTLED_MESSAGE.format(seconds=max(1, round(wait))))
         if check.target is None:
             log.info("ssh token %s from %s refused: %s", self.label, peer and peer[0], check.refusal)
             raise asyncssh.PermissionDenied(REFUSALS[check.refusal])

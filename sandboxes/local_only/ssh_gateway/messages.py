@@ -9,6 +9,10 @@ remote stderr (a terminal, ``sftp``, ``scp``).
 EXPIRED_MESSAGE = "This access token is expired or revoked. Open the portal to get a new SSH command."
 STOPPED_MESSAGE = "Your sandbox is stopped. Open the portal to resume it."
 UNAVAILABLE_MESSAGE = "Sandboxes are not reachable right now. Please try again in a moment."
+THROTTLED_MESSAGE = (
+    "Too many wrong access tokens from your address. Wait {seconds} seconds, then try again "
+    "with the SSH command the portal shows."
+)
 
 # An open connection ended.
 REVOKED_MESSAGE = (

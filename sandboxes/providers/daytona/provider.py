@@ -21,6 +21,7 @@ in polling mode: no background websocket and no connection attempts per sandbox 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import threading
@@ -38,6 +39,7 @@ from daytona_api_client import SandboxApi, SandboxListSortDirection, SandboxList
 from ..base import (
     Capability,
     ErrorKind,
+    PreviewUpstream,
     ProviderError,
     RemoteSandbox,
     RemoteState,
@@ -46,6 +48,7 @@ from ..base import (
     SandboxSpec,
     SignedLink,
     SshAccess,
+    preview_page_link,
 )
 from .convert import (
     AT_REST,
@@ -195,12 +198,38 @@ class DaytonaProvider(Toolbox, SandboxProvider):
     # -- access -------------------------------------------------------------------------
 
     def mint_access(self, remote_id: str, *, ssh_minutes: int, preview_port: int, link_seconds: int) -> SandboxAccess:
-        ssh, preview, terminal = self._run_concurrently(
+        ssh, terminal = self._run_concurrently(
             lambda: self._create_ssh_access(remote_id, ssh_minutes),
-            lambda: self._sign_link(remote_id, preview_port, link_seconds),
             lambda: self._sign_link(remote_id, self._terminal_port, link_seconds),
         )
+        preview = preview_page_link(remote_id, preview_port, datetime.now(UTC) + timedelta(seconds=link_seconds))
         return SandboxAccess(ssh=ssh, preview=preview, terminal=terminal)
+
+    def preview_upstream(self, remote_id: str, port: int) -> PreviewUpstream:
+        """The sandbox's standard preview URL with its token (``GET .../ports/{port}/preview-url``),
+        and the headers that skip Daytona's warning page and keep the relay's own traffic from
+        counting as use (the portal counts the use it relays itself). The token changes at every
+        start, so it is the nonce too."""
+        remote, link = self._run_concurrently(
+            lambda: self._read(remote_id),
+            lambda: self._call(
+                "get preview URL",
+                lambda: self._api.get_port_preview_url(remote_id, port, _request_timeout=self._http_timeout),
+            ),
+        )
+        if remote is None:
+            raise ProviderError("No such sandbox.", kind=ErrorKind.NOT_FOUND)
+        if remote.state is not RemoteState.STARTED:
+            raise ProviderError("The sandbox is not running.", kind=ErrorKind.INVALID_STATE)
+        return PreviewUpstream(
+            url=link.url.rstrip("/"),
+            nonce=hashlib.sha256(link.token.encode()).hexdigest()[:32],
+            headers={
+                "X-Daytona-Preview-Token": link.token,
+                "X-Daytona-Skip-Preview-Warning": "true",
+                SKIP_ACTIVITY_HEADER: "true",
+            },
+        )
 
     def revoke_access(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
         self._run_concurrently(

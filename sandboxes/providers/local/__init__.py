@@ -13,6 +13,7 @@ Each sandbox is a directory under the root (``SANDBOX_LOCAL_ROOT``), which no sa
     <id>/etc/             passwd, group, hosts and hostname as seen inside
     <id>/run/agent.sock   the agent's socket: created here and handed to the agent as a descriptor
     <id>/home/            the workspace, /home/sandbox inside; kept across stop and start
+    <id>/home.img         as root: the workspace's ext4 image (the quota's size), mounted at home/ while it runs
 
 state.json is replaced atomically and changed only under the sandbox's lock, so web workers,
 Celery workers and the SSH gateway, in any number of processes, share one root.
@@ -27,15 +28,17 @@ the agent; stopping the sandbox ends the agent, and the kernel then kills every 
 namespace. The sandbox has only a loopback interface, which is also what lets every sandbox
 serve its own port 3000.
 
-Limits: per-sandbox cgroups (v1, or v2 with the controllers enabled) where their directories
+Limits: the disk quota is the size of the workspace's image (:mod:`.disk`; as root), and
+per-sandbox cgroups (v1, or v2 with the controllers enabled) where their directories
 are writable: memory, CPU quota and a process count. Otherwise rlimits: address space for
-memory, process count when the sandbox has its own uid, a lower CPU priority. The disk quota
+memory, process count when the sandbox has its own uid, a lower CPU priority. Without root the disk quota
 is a size check of the home at start (refused above quota), warnings inside when the agent
 finds it exceeded, and RLIMIT_FSIZE per file. :meth:`LocalProvider.limits_in_force` says which.
 
 Modules, each importing only those listed before it:
 
 ``agent``         the agent and its launcher: one standard-library-only file, run inside sandboxes
+``disk``          the workspace's ext4 image: made, migrated into, loop-mounted and unmounted
 ``preflight``     whether sandboxes can run here (:func:`local_problems`, bwrap probes)
 ``isolation``     bwrap's arguments, cgroups, rlimits, processes by pid and start time
 ``agent_client``  requests to an agent over its socket; terminals, programs on pipes, relays, commands

@@ -384,6 +384,17 @@ class Attachment(Endpoint):
         self.detach()
 
     def on_error(self, channel: Channel) -> None:
+        # Sending to the client failed (it hung up with output unread): what it sent before
+        # hanging up, a KILL above all, still counts.
+        if channel.sock is not None and not channel.closed:
+            while True:
+                try:
+                    data = channel.sock.recv(READ_SIZE)
+                except OSError:
+                    break
+                if not data:
+                    break
+                self.on_data(channel, data)
         self.detach()
 
     def on_drained(self, channel: Channel) -> None:
@@ -432,6 +443,7 @@ class Session(Endpoint):
     def kill(self) -> None:
         if self.ended:
             return
+        self.release()  # its slot is free at once; the shell is still reaped when it exits
         self.signal(signal.SIGHUP)
         self.signal(signal.SIGCONT)
         self.agent.later(KILL_GRACE, lambda: self.signal(signal.SIGKILL))
@@ -490,7 +502,12 @@ class Session(Endpoint):
             attachment.channel.close_when_flushed()
         self.attachments.clear()
         self.master.close()
-        self.agent.sessions.pop(self.id, None)
+        self.release()
+
+    def release(self) -> None:
+        """Take the session out of the sandbox's sessions (not a newer one of the same id)."""
+        if self.agent.sessions.get(self.id) is self:
+            del self.agent.sessions[self.id]
 
 
 class Relay(Endpoint):
@@ -770,11 +787,20 @@ class Process(Endpoint):
 
 
 class Agent:
-    def __init__(self, listener: socket.socket, *, auto_stop: float, disk_quota: int, disk_check: float):
+    def __init__(
+        self,
+        listener: socket.socket,
+        *,
+        auto_stop: float,
+        disk_quota: int,
+        disk_check: float,
+        max_sessions: int = MAX_SESSIONS,
+    ):
         self.selector = selectors.DefaultSelector()
         self.registered: dict[int, int] = {}
         self.listener = listener
-        self.sessions: dict[str, Session] = {}
+        self.sessions: dict[str, Session] = {}  # live ones: an ended session leaves at once
+        self.max_sessions = max(1, max_sessions)
         self.processes: dict[str, Process] = {}
         self.process_ids = itertools.count(1)
         self.children: dict[int, object] = {}
@@ -947,8 +973,12 @@ class Agent:
         session = self.sessions.get(session_id)
         created = session is None
         if created:
-            if len(self.sessions) >= MAX_SESSIONS:
-                self.reply(channel, error_reply("too_many_sessions", "This sandbox has too many terminal sessions."))
+            if len(self.sessions) >= self.max_sessions:
+                message = (
+                    f"This sandbox has {len(self.sessions)} terminal sessions open (web terminals and SSH "
+                    f"shells), as many as it may (SANDBOX_LOCAL_PTY_SESSIONS); end one to open another."
+                )
+                self.reply(channel, error_reply("too_many_sessions", message))
                 return
             argv = request.get("argv") or LOGIN_SHELL
             if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
@@ -1104,11 +1134,64 @@ def serve(args: argparse.Namespace) -> None:
     no_core_dumps_of_the_agent()
     signal.signal(signal.SIGINT, signal.SIG_DFL)  # PID 1 ignores signals without a handler
     listener = socket.socket(fileno=listen_fd)
-    agent = Agent(listener, auto_stop=args.auto_stop, disk_quota=args.disk_quota, disk_check=args.disk_check)
+    agent = Agent(
+        listener,
+        auto_stop=args.auto_stop,
+        disk_quota=args.disk_quota,
+        disk_check=args.disk_check,
+        max_sessions=args.max_sessions,
+    )
     agent.run()
 
 
 # --- the launcher (host side) -------------------------------------------------------------------
+
+
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_BIND, MS_REC, MS_SLAVE = 2, 4, 8, 4096, 16384, 1 << 19
+CLONE_NEWNS = 0x00020000
+
+
+def reveal_root(root: str) -> None:
+    """Let the sandbox's uid reach ``root`` when one of its parents is closed to it (the
+    portal's ``var/``, 0700): in a mount namespace of the launcher's own (bwrap's is made from
+    it), a tmpfs covers the first closed parent, and ``root`` is bind-mounted back at the same
+    path inside it. Nothing else of that parent is visible there; the host's mounts are not
+    changed. Needs root, as the launcher is before it drops privileges."""
+    import ctypes
+
+    path = os.path.abspath(root)
+    parents = []
+    while True:
+        path = os.path.dirname(path)
+        if path == "/":
+            break
+        parents.append(path)
+    closed = [p for p in reversed(parents) if not os.stat(p).st_mode & 0o001]
+    if not closed:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def check(result: int, what: str) -> None:
+        if result != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"{what}: {os.strerror(number)}")
+
+    check(libc.unshare(CLONE_NEWNS), "unshare")
+    check(libc.mount(b"none", b"/", None, MS_REC | MS_SLAVE, None), "mount --make-rslave /")
+    fd = os.open(root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)  # in the new namespace, before the cover
+    try:
+        cover = closed[0].encode()
+        check(libc.mount(b"tmpfs", cover, b"tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC, b"mode=0755,size=64k"), cover)
+        relative = os.path.relpath(root, closed[0])
+        current = closed[0]
+        for part in relative.split(os.sep):
+            current = os.path.join(current, part)
+            os.mkdir(current)
+            os.chmod(current, 0o755)
+        source = f"/proc/self/fd/{fd}".encode()
+        check(libc.mount(source, current.encode(), None, MS_BIND | MS_REC, None), "bind the root")
+    finally:
+        os.close(fd)
 
 
 def launch(config: dict) -> None:
@@ -1129,6 +1212,8 @@ def launch(config: dict) -> None:
             os.nice(int(config["nice"]))
         uid, gid = config.get("uid"), config.get("gid")
         if uid is not None:
+            if config.get("root"):
+                reveal_root(config["root"])
             os.setgroups([])
             os.setresgid(gid, gid, gid)
             os.setresuid(uid, uid, uid)
@@ -1148,8 +1233,9 @@ def main(argv: list[str]) -> None:
     serve_parser.add_argument("--auto-stop", type=float, default=0.0, help="seconds without activity; 0: never")
     serve_parser.add_argument("--disk-quota", type=int, default=0, help="bytes; 0: no check")
     serve_parser.add_argument("--disk-check", type=float, default=120.0, help="seconds between disk usage checks")
+    serve_parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, help="live PTY sessions at most")
     launch_parser = commands.add_parser("launch", help="start bwrap for a sandbox (host side)")
-    launch_parser.add_argument("config", help="JSON: argv, cgroup_procs, rlimits, nice, uid, gid, keep_fds")
+    launch_parser.add_argument("config", help="JSON: argv, cgroup_procs, rlimits, nice, uid, gid, keep_fds, root")
     args = parser.parse_args(argv)
     if args.command == "serve":
         serve(args)

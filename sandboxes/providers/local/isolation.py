@@ -368,6 +368,7 @@ def bwrap_argv(
     disk_check_seconds: float,
     listen_fd: int,
     info_fd: int,
+    max_sessions: int = protocol.MAX_SESSIONS,
 ) -> list[str]:
     """bwrap's command line for the sandbox of ``record`` (its files in ``directory``), whose
     PID 1 is the agent (``agent``, mounted read-only) serving the socket ``listen_fd``; bwrap
@@ -464,5 +465,7 @@ def bwrap_argv(
         str(record["disk_gb"] * GIB),
         "--disk-check",
         str(disk_check_seconds),
+        "--max-sessions",
+        str(max_sessions),
     ]
     return argv

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from ..base import ErrorKind, ProviderError
 from . import agent as protocol
+from . import disk
 from .agent_client import STATUS_TIMEOUT, request
 from .isolation import (
     GIB,
@@ -65,6 +66,8 @@ class Lifecycle:
         tmp_size: int,
         stop_grace: float,
         disk_check_seconds: float,
+        uids=None,
+        pty_sessions: int = protocol.MAX_SESSIONS,
     ):
         self.store = store
         self.cgroups = cgroups
@@ -76,6 +79,12 @@ class Lifecycle:
         self.tmp_size = tmp_size
         self.stop_grace = stop_grace
         self.disk_check_seconds = disk_check_seconds
+        self.uids = uids  # the host-wide UidRegistry, when sandboxes have their own uids
+        self.pty_sessions = pty_sessions  # live PTY sessions (web terminals, SSH) per sandbox
+        # Quotas are enforced by a loop-mounted image per workspace when the portal runs as
+        # root (local_problems refuses to start sandboxes when it cannot mount one). Without
+        # root (sandboxes run as the portal's own uid) the quota is only checked at start.
+        self.disk_images = own_uids
         self._logged_limits = False
 
     # -- the record's state -------------------------------------------------------------------
@@ -135,7 +144,11 @@ class Lifecycle:
                 kind=ErrorKind.UNAVAILABLE,
             )
         quota = record["disk_gb"] * GIB
-        used = disk_usage(self.store.directory(sandbox_id) / "home")
+        directory = self.store.directory(sandbox_id)
+        if quota and self.disk_images and disk.image_path(directory).exists():
+            used = 0  # the image is the quota: it cannot hold more
+        else:
+            used = disk_usage(directory / "home")
         if quota and used > quota:
             raise ProviderError(
                 f"The sandbox uses {used / GIB:.1f} GiB of disk, over its {record['disk_gb']} GiB quota, so it "
@@ -167,9 +180,23 @@ class Lifecycle:
         directory = self.store.directory(sandbox_id)
         home = directory / "home"
         uid = record.get("uid") if self.own_uids else None
+        previous_uid = None
+        if uid is not None and self.uids is not None and not self.uids.ensure(uid, self.store.root, sandbox_id):
+            # A sandbox from before the registry whose uid another deployment's sandbox holds.
+            previous_uid, uid = uid, self.uids.claim(self.store.root, sandbox_id, avoid=self.store.used_uids())
+            record["uid"] = uid
+            self.store.write(record)
+            logger.warning("local sandbox %s: uid %s is taken on this host, moved to %s", sandbox_id, previous_uid, uid)
+        if self.disk_images and record["disk_gb"]:
+            try:
+                disk.mount_workspace(directory, record["disk_gb"] * GIB, uid)
+            except disk.DiskError as exc:
+                raise ProviderError(f"The sandbox's disk could not be mounted: {exc}") from exc
         if uid is not None:
             os.chown(home, uid, uid)
         os.chmod(home, 0o700)
+        if previous_uid is not None:
+            _reown(home, previous_uid, uid)
         self.store.write_etc(sandbox_id, etc_files(record["name"]))
         if not self._logged_limits:
             self._logged_limits = True
@@ -180,6 +207,8 @@ class Lifecycle:
         process = {"cgroups": cgroups}
         record["process"] = process  # so that a failure from here on cleans the cgroups up
         rlimits, nice = fallback_limits(record, limited=set(self.cgroups.usable), uid=uid, pids_max=self.pids_max)
+        if self.disk_images and record["disk_gb"]:
+            rlimits.pop("RLIMIT_FSIZE", None)  # the image's size is the limit: ENOSPC, not SIGXFSZ
 
         socket_path = self.store.socket_path(sandbox_id)
         try:
@@ -202,6 +231,7 @@ class Lifecycle:
                 disk_check_seconds=self.disk_check_seconds,
                 listen_fd=listener.fileno(),
                 info_fd=info_write,
+                max_sessions=self.pty_sessions,
             )
             config = {
                 "argv": argv,
@@ -211,6 +241,7 @@ class Lifecycle:
                 "uid": uid,
                 "gid": uid,
                 "keep_fds": [listener.fileno(), info_write],
+                "root": str(self.store.root),  # reached even below a closed var/ (agent.reveal_root)
             }
             log = _open_log(directory / "log")
             try:
@@ -324,6 +355,12 @@ class Lifecycle:
             self.store.socket_path(sandbox_id).unlink()
         except FileNotFoundError:
             pass
+        try:
+            disk.unmount(self.store.directory(sandbox_id) / "home")
+        except disk.DiskError as exc:
+            raise ProviderError(
+                f"The sandbox's disk could not be unmounted: {exc}", kind=ErrorKind.UNAVAILABLE, retryable=True
+            ) from exc
 
     # -- what this machine enforces -----------------------------------------------------------
 
@@ -345,7 +382,10 @@ class Lifecycle:
             f"RLIMIT_NPROC {self.pids_max} (the sandbox's own uid)" if self.own_uids else "not limited"
         )
         describe["disk"] = (
-            "home size checked at every start (refused over quota) and every "
+            "a sparse ext4 image of the quota's size per sandbox, loop-mounted at its home while it runs "
+            "(writes past the quota fail with ENOSPC)"
+            if self.disk_images
+            else "home size checked at every start (refused over quota) and every "
             f"{self.disk_check_seconds:.0f} s inside (warning in the terminals); RLIMIT_FSIZE = quota per file"
         )
         describe["tmp"] = f"/tmp and /dev/shm are tmpfs of {self.tmp_size >> 20} MiB each"
@@ -355,6 +395,18 @@ class Lifecycle:
             else f"sandboxes run as the portal's uid {os.geteuid()} (unprivileged user namespaces)"
         )
         return describe
+
+
+def _reown(home: Path, old: int, new: int) -> None:
+    """Give ``new`` every file of the workspace that ``old`` owned (one filesystem)."""
+    device = home.lstat().st_dev
+    for directory, names, files in os.walk(home):
+        for name in names + files:
+            path = os.path.join(directory, name)
+            info = os.lstat(path)
+            if info.st_dev == device and (info.st_uid == old or info.st_gid == old):
+                os.lchown(path, new if info.st_uid == old else -1, new if info.st_gid == old else -1)
+        names[:] = [n for n in names if os.lstat(os.path.join(directory, n)).st_dev == device]
 
 
 def _read_info(fd: int, deadline: float) -> dict | None:

@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import stat
 import subprocess
 import threading
 from pathlib import Path
 
 from ..base import Problem
+from . import disk
 
-# Problem codes: bwrap_missing, bwrap_fails, python_missing, root_not_traversable, root_visible
+# Problem codes: bwrap_missing, bwrap_fails, python_missing, root_visible,
+# disk_images_unavailable
 
 
 _option_cache: dict[tuple[str, str], bool] = {}
@@ -104,22 +105,17 @@ def local_problems(*, bwrap: str, root: Path, python: str, own_uids: bool) -> li
                 "Install python3 (Debian/Ubuntu: apt-get install python3).",
             )
         )
-    if own_uids:
-        for directory in [*reversed(root.parents), root]:
-            try:
-                mode = directory.stat().st_mode
-            except FileNotFoundError:
-                break
-            if not mode & stat.S_IXOTH:
-                problems.append(
-                    Problem(
-                        "root_not_traversable",
-                        f"{directory} is not traversable by other users, so sandboxes (each with its own uid) "
-                        f"cannot reach their homes under SANDBOX_LOCAL_ROOT ({root}).",
-                        f"chmod o+x {directory}, or set SANDBOX_LOCAL_ROOT to a path whose parents are.",
-                    )
-                )
-                break
+    # The parents of the root need not be traversable by the sandboxes' uids (var/ is 0700):
+    # the launcher reveals the root to bwrap in a mount namespace of its own (agent.reveal_root).
+    if own_uids and (why := disk.unavailable()):
+        problems.append(
+            Problem(
+                "disk_images_unavailable",
+                f"Disk quotas cannot be enforced: each sandbox's workspace is a loop-mounted disk image, but {why}.",
+                "Give the portal loop devices (modprobe loop; in a container, --device /dev/loop-control and "
+                "/dev/loop* or --privileged) and e2fsprogs (apt-get install e2fsprogs).",
+            )
+        )
     for visible in ("/usr", "/etc", "/proc", "/dev"):
         if root == Path(visible) or Path(visible) in root.parents:
             problems.append(

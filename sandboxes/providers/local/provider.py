@@ -18,6 +18,7 @@ from pathlib import Path
 from ..base import (
     Capability,
     ErrorKind,
+    PreviewUpstream,
     ProviderError,
     RemoteSandbox,
     RemoteState,
@@ -26,6 +27,7 @@ from ..base import (
     SandboxSpec,
     SignedLink,
     SshAccess,
+    preview_page_link,
 )
 from . import agent as protocol
 from . import agent_client
@@ -47,6 +49,7 @@ from .store import (
     remove_tree,
     token_digest,
 )
+from .uids import DEFAULT_REGISTRY, UidRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +87,8 @@ class LocalProvider(SandboxProvider):
         tmp_size_mb: int = 1024,
         stop_grace: float = 1.0,
         disk_check_seconds: float = 120.0,
+        uid_registry: Path | str = DEFAULT_REGISTRY,
+        pty_sessions: int = protocol.MAX_SESSIONS,
     ):
         self.root = Path(root).absolute()
         self.ssh_host = ssh_host
@@ -98,6 +103,9 @@ class LocalProvider(SandboxProvider):
         self.cgroups = Cgroups(cgroup_parent)
         self.own_uids = os.geteuid() == 0
         self.store = Store(self.root)
+        # Host-wide: sandboxes of every deployment on this host get distinct uids.
+        self.uids = UidRegistry(uid_registry, self.uid_base) if self.own_uids else None
+        self._claimed_existing = False
         self.lifecycle = Lifecycle(
             self.store,
             self.cgroups,
@@ -109,6 +117,8 @@ class LocalProvider(SandboxProvider):
             tmp_size=self.tmp_size,
             stop_grace=self.stop_grace,
             disk_check_seconds=self.disk_check_seconds,
+            uids=self.uids,
+            pty_sessions=int(pty_sessions),
         )
 
     @classmethod
@@ -122,7 +132,23 @@ class LocalProvider(SandboxProvider):
             bwrap=settings.SANDBOX_BWRAP,
             uid_base=settings.SANDBOX_LOCAL_UID_BASE,
             cgroup_parent=settings.SANDBOX_LOCAL_CGROUP_PARENT,
+            uid_registry=settings.SANDBOX_LOCAL_UID_REGISTRY,
+            pty_sessions=settings.SANDBOX_LOCAL_PTY_SESSIONS,
         )
+
+    def _claim_existing(self) -> None:
+        """Once per provider: claim the uids of this root's sandboxes from before the registry
+        (one another sandbox holds is replaced at that sandbox's start)."""
+        if self.uids is None or self._claimed_existing:
+            return
+        self._claimed_existing = True
+        for sandbox_id in self.store.ids():
+            try:
+                record = self.store.read(sandbox_id)
+            except ProviderError:
+                continue  # an unreadable record claims nothing; its start says what is wrong
+            if record and record.get("uid") is not None and record["state"] != DESTROYING:
+                self.uids.ensure(int(record["uid"]), self.root, record["id"])
 
     # -- lookups ------------------------------------------------------------------------------
 
@@ -166,11 +192,12 @@ class LocalProvider(SandboxProvider):
             if not ENV_NAME.fullmatch(key) or "\0" in value:
                 raise ProviderError(f"Invalid environment variable {key!r}.", kind=ErrorKind.REJECTED)
         self.store.prepare()
+        self._claim_existing()
         with self.store.root_lock():
             if self.store.name_taken(spec.name):
                 raise ProviderError(f"A sandbox named {spec.name} exists already.", kind=ErrorKind.CONFLICT)
             sandbox_id = uuid.uuid4().hex
-            uid = self.uid_base + self.store.free_slot(self.uid_base) if self.own_uids else None
+            uid = self.uids.claim(self.root, sandbox_id, avoid=self.store.used_uids()) if self.uids else None
             now = time.time()
             record = {
                 "id": sandbox_id,
@@ -204,6 +231,7 @@ class LocalProvider(SandboxProvider):
     def start(self, remote_id: str, *, wait_seconds: float) -> RemoteSandbox:
         """Starts the sandbox and returns once its agent answers (well under a second)."""
         sandbox_id = self._existing(remote_id)
+        self._claim_existing()
         with self.store.locked(sandbox_id, timeout=max(wait_seconds, 2.0)):
             record = self.lifecycle.settle_locked(self.store.load(sandbox_id))
             if record["state"] == STARTED:
@@ -250,6 +278,8 @@ class LocalProvider(SandboxProvider):
                 return
             raise
         remove_tree(trash)
+        if self.uids is not None:
+            self.uids.release(record.get("uid"), self.root, remote_id)
         logger.info("local sandbox %s deleted", remote_id)
 
     # -- access -------------------------------------------------------------------------------
@@ -280,13 +310,13 @@ class LocalProvider(SandboxProvider):
                 command=f"ssh -p {self.ssh_port} {token}@{self.ssh_host}",
                 expires_at=ssh_expires,
             ),
-            preview=SignedLink(url=f"/sandboxes/{sandbox_id}/preview/", expires_at=links_expire, port=preview_port),
+            preview=preview_page_link(sandbox_id, preview_port, links_expire),
             terminal=SignedLink(url=f"/sandboxes/{sandbox_id}/terminal/", expires_at=links_expire),
         )
 
     def revoke_access(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
         """Deletes the SSH token and invalidates every preview link handed out (see
-        :meth:`link_nonce`)."""
+        :meth:`preview_upstream`)."""
         if not SANDBOX_ID.fullmatch(remote_id or ""):
             return
         try:
@@ -334,13 +364,20 @@ class LocalProvider(SandboxProvider):
             return None
         return sandbox_id if unexpired else None
 
-    def link_nonce(self, remote_id: str) -> str | None:
-        """A value that changes at every start, stop and :meth:`revoke_access`: preview links
-        signed with it expire early with it. None unless the sandbox runs."""
+    def preview_upstream(self, remote_id: str, port: int) -> PreviewUpstream:
+        """``127.0.0.1:port`` inside the sandbox, reached through its agent (:meth:`open_relay`);
+        the nonce is the run's link nonce, replaced at every start, stop and
+        :meth:`revoke_access`."""
         record = self.store.read(remote_id) if SANDBOX_ID.fullmatch(remote_id or "") else None
-        if record is None or self.lifecycle.observed(record) != STARTED:
-            return None
-        return record.get("link_nonce")
+        if record is None:
+            raise ProviderError("No such sandbox.", kind=ErrorKind.NOT_FOUND)
+        if self.lifecycle.observed(record) != STARTED or not record.get("link_nonce"):
+            raise ProviderError("The sandbox is not running.", kind=ErrorKind.INVALID_STATE)
+        return PreviewUpstream(
+            url=f"http://localhost:{port}",
+            nonce=record["link_nonce"],
+            connect=lambda: self.open_relay(remote_id, port),
+        )
 
     def refresh_activity(self, remote_id: str) -> None:
         sandbox_id = self._existing(remote_id)

@@ -200,6 +200,18 @@ class Store:
         except OSError:
             pass
 
+    def used_uids(self) -> set[int]:
+        """The uids the records of this root name."""
+        used = set()
+        for sandbox_id in self.ids():
+            try:
+                record = self.read(sandbox_id)
+            except ProviderError:
+                continue
+            if record and record.get("uid") is not None:
+                used.add(int(record["uid"]))
+        return used
+
     def free_slot(self, uid_base: int) -> int:
         """The lowest uid slot no sandbox uses. Under the root's lock."""
         used = set()
