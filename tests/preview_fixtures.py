@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import socket
 import textwrap
+import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -164,6 +165,11 @@ class PreviewVisit:
     def stream(self, path: str, **kwargs):
         headers = {"Host": self.host, "Cookie": self.cookie, **kwargs.pop("headers", {})}
         return httpx.stream("GET", self.server + path, headers=headers, timeout=30, **kwargs)
+
+    def arrivals(self, path: str) -> list[tuple[bytes, float]]:
+        """The chunks of a streamed answer, each with when it arrived."""
+        with self.stream(path) as response:
+            return [(chunk, time.monotonic()) for chunk in response.iter_raw()]
 
     def websocket(self, path: str = "/ws", *, origin: str | None = None, cookie: str | None = None):
         address = urlsplit(self.server)

@@ -4,24 +4,17 @@ PostgreSQL, fake Daytona): the per-user lock does not serialise different users,
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from django.db import connection, connections
+from django.db import connection
 
 from sandboxes import services
 from sandboxes.models import AuditEvent, Sandbox
 from tests.conftest import launch, make_user, signed_in
+from tests.test_launch_concurrency import _launch_in_thread
 
 pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(connection.vendor != "postgresql", reason="concurrent launches need PostgreSQL"),
 ]
-
-
-def _launch_in_thread(client):
-    try:
-        response = launch(client)
-        return response.status_code, response.json()
-    finally:
-        connections.close_all()
 
 
 def _launch_all(clients):

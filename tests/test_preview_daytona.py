@@ -77,10 +77,7 @@ def test_streams_and_websockets_pass_both_relays(asgi_server, daytona, owned):  
     client, sandbox_id = owned
     visit = sign_in_to_preview(asgi_server, client, sandbox_id)
 
-    arrivals = []
-    with visit.stream("/stream") as response:
-        for chunk in response.iter_raw():
-            arrivals.append((chunk, time.monotonic()))
+    arrivals = visit.arrivals("/stream")
     assert b"".join(chunk for chunk, _ in arrivals) == b"first second"
     assert arrivals[-1][1] - arrivals[0][1] > 0.5
     assert visit.request("POST", "/form", content=b"a=1").text == "got a=1"

@@ -143,10 +143,7 @@ def test_bodies_stream_both_ways(portal, owned):
     client, sandbox_id = owned
     visit = sign_in_to_preview(portal, client, sandbox_id)
 
-    arrivals = []
-    with visit.stream("/stream") as response:
-        for chunk in response.iter_raw():
-            arrivals.append((chunk, time.monotonic()))
+    arrivals = visit.arrivals("/stream")
     assert b"".join(chunk for chunk, _ in arrivals) == b"first second"
     assert arrivals[0][0] == b"first " and arrivals[-1][1] - arrivals[0][1] > 0.5
 

@@ -143,14 +143,7 @@ class PreviewRelay:
         try:
             length = _header(scope, b"content-length") or None
             chunked = b"chunked" in (_header(scope, b"transfer-encoding") or b"").lower()
-            to_app = policy.to_app(
-                scope["headers"],
-                upstream_host=upstream.upstream_host(route),
-                upstream_origin=upstream.upstream_origin(route),
-                preview_origin=host.origin,
-                scheme=_scheme(scope),
-                extra=route.upstream.headers,
-            )
+            to_app = _headers_to_app(scope, host, route)
             try:
                 await exchange.send_request(
                     upstream.target_of(route, scope["path"], scope.get("query_string", b"")),
@@ -185,15 +178,7 @@ class PreviewRelay:
         if handshake.nonce != route.upstream.nonce or handshake.user_id != route.user_id:
             return await _send_page(send, *_expired_page())
         value = sessions.session_value(host, user_id=route.user_id, nonce=route.upstream.nonce)
-        headers = [
-            (b"location", handshake.next_path.encode("latin-1")),
-            (b"set-cookie", sessions.set_cookie_header(value)),
-            (b"cache-control", b"no-store"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"content-length", b"0"),
-        ]
-        await send({"type": "http.response.start", "status": 303, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        await _see_other(send, handshake.next_path, (b"set-cookie", sessions.set_cookie_header(value)))
 
     async def _sign_in(self, scope, send, host: PreviewHost) -> None:
         """A browser opening a page goes to the portal, which signs them in and back here."""
@@ -209,15 +194,7 @@ class PreviewRelay:
             )
         next_path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
         query = urlencode({"port": host.port, "next": sessions.safe_next(next_path)})
-        location = f"{settings.PORTAL_URL}/sandboxes/{host.remote_id}/preview/?{query}"
-        headers = [
-            (b"location", location.encode("latin-1")),
-            (b"cache-control", b"no-store"),
-            (b"referrer-policy", b"no-referrer"),
-            (b"content-length", b"0"),
-        ]
-        await send({"type": "http.response.start", "status": 303, "headers": headers})
-        await send({"type": "http.response.body", "body": b""})
+        await _see_other(send, f"{settings.PORTAL_URL}/sandboxes/{host.remote_id}/preview/?{query}")
 
     def _note_activity(self, route) -> None:
         """A page load is a person using the preview (written at most every minute anyway)."""
@@ -253,14 +230,7 @@ class PreviewRelay:
             self.limits.release(route.remote_id, client)
 
     async def _relay_websocket(self, scope, receive, send, host: PreviewHost, route) -> None:
-        to_app = policy.to_app(
-            scope["headers"],
-            upstream_host=upstream.upstream_host(route),
-            upstream_origin=upstream.upstream_origin(route),
-            preview_origin=host.origin,
-            scheme=_scheme(scope),
-            extra=route.upstream.headers,
-        )
+        to_app = _headers_to_app(scope, host, route)
         target = upstream.target_of(route, scope["path"], scope.get("query_string", b""))
         try:
             app = await upstream.open_websocket(route, target, to_app, list(scope.get("subprotocols") or []))
@@ -308,6 +278,30 @@ def _header(scope, name: bytes) -> bytes | None:
         if key == name:
             return value
     return None
+
+
+def _headers_to_app(scope, host: PreviewHost, route) -> policy.Headers:
+    return policy.to_app(
+        scope["headers"],
+        upstream_host=upstream.upstream_host(route),
+        upstream_origin=upstream.upstream_origin(route),
+        preview_origin=host.origin,
+        scheme=_scheme(scope),
+        extra=route.upstream.headers,
+    )
+
+
+async def _see_other(send, location: str, *extra: tuple[bytes, bytes]) -> None:
+    """A 303 that keeps the address out of caches and referrers."""
+    headers = [
+        (b"location", location.encode("latin-1")),
+        *extra,
+        (b"cache-control", b"no-store"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"content-length", b"0"),
+    ]
+    await send({"type": "http.response.start", "status": 303, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
 
 
 def _scheme(scope) -> str:

@@ -17,6 +17,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from .store import remove_tree
+
 IMAGE_NAME = "home.img"
 MOUNT_OPTIONS = "loop,nosuid,nodev,noatime"
 _TIMEOUT = 120
@@ -148,22 +150,10 @@ def mount_workspace(directory: Path, size: int, uid: int | None) -> None:
             os.rename(home, old)  # the copy is complete: the old directory goes (below)
         os.replace(temporary, image)
     if old.exists():
-        _remove(old)
+        remove_tree(old)
     home.mkdir(mode=0o700, exist_ok=True)
     os.chmod(home, 0o700)  # the mount point itself: nobody's business but the portal's
     mount(image, home)
     if uid is not None:
         os.chown(home, uid, uid)
     os.chmod(home, 0o700)
-
-
-def _remove(path: Path) -> None:
-    def make_writable(function, name, exc_info):
-        try:
-            os.chmod(os.path.dirname(name), 0o700)
-            os.chmod(name, 0o700)
-            function(name)
-        except OSError:
-            pass
-
-    shutil.rmtree(path, onerror=make_writable)
