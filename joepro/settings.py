@@ -155,6 +155,27 @@ if REDIS_URL:
     CACHES = {"default": {"BACKEND": "joepro.cache.SharedPoolRedisCache", "LOCATION": REDIS_URL}}
 else:
     CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+# Live updates of the dashboard: pushed over websockets across processes through Redis. Without
+# Redis (the embedded default) the web server, the worker and beat share nothing, so pages poll.
+if REDIS_URL:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                # redis-py 8 reads with a 5 s timeout by default, no longer than the layer's own
+                # blocking receive (5 s): without a longer one every quiet websocket is torn down.
+                "hosts": [{"address": REDIS_URL, "socket_timeout": 15}],
+                "prefix": env.str("CHANNELS_PREFIX", default="joepro-channels"),
+            },
+        }
+    }
+else:
+    CHANNEL_LAYERS = {}
+SANDBOX_LIVE_PUSH = bool(CHANNEL_LAYERS)
+# How often a page polls for changes when nothing pushes them (seconds).
+SANDBOX_LIVE_POLL_SECONDS = env.int("SANDBOX_LIVE_POLL_SECONDS", default=2)
+# Live-update websockets one user may have open at once, across processes (0 = no cap).
+SANDBOX_LIVE_CONNECTIONS_PER_USER = env.int("SANDBOX_LIVE_CONNECTIONS_PER_USER", default=16)
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
@@ -317,6 +338,11 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": SANDBOX_IDLE_CHECK_SECONDS,
         "options": {"expires": SANDBOX_IDLE_CHECK_SECONDS},
     },
+    "warn-before-idle-stop": {
+        "task": "sandboxes.tasks.warn_before_idle_stop",
+        "schedule": 60,
+        "options": {"expires": 60},
+    },
     "reap-terminal-sessions": {
         "task": "sandboxes.tasks.reap_terminal_sessions",
         "schedule": 60,
@@ -329,6 +355,8 @@ DAYTONA_API_KEY = env.str("DAYTONA_API_KEY", default="")
 DAYTONA_API_URL = env.str("DAYTONA_API_URL", default="https://app.daytona.io/api")
 DAYTONA_TARGET = env.str("DAYTONA_TARGET", default="us")
 DAYTONA_HTTP_TIMEOUT = env.float("DAYTONA_HTTP_TIMEOUT", default=10.0)
+# The signing secret of the Daytona webhook endpoint (Svix, "whsec_..."); empty: webhooks are refused.
+DAYTONA_WEBHOOK_SECRET = env.str("DAYTONA_WEBHOOK_SECRET", default="")
 SANDBOX_PROVIDER = env.str("SANDBOX_PROVIDER", default="daytona" if DAYTONA_API_KEY else "local")
 SANDBOX_DEPLOYMENT = env.str("SANDBOX_DEPLOYMENT", default="joepro")
 SANDBOX_IMAGE = env.str("SANDBOX_IMAGE", default="node:20-bookworm")
@@ -337,6 +365,16 @@ SANDBOX_CPU = env.int("SANDBOX_CPU", default=2)
 SANDBOX_MEMORY_GB = env.int("SANDBOX_MEMORY_GB", default=4)
 SANDBOX_DISK_GB = env.int("SANDBOX_DISK_GB", default=8)
 SANDBOX_IDLE_MINUTES = env.int("SANDBOX_IDLE_MINUTES", default=120)
+# The idle period each user may choose for themselves, and the operator's cap on it.
+SANDBOX_IDLE_MIN_MINUTES = env.int("SANDBOX_IDLE_MIN_MINUTES", default=15)
+SANDBOX_IDLE_MAX_MINUTES = env.int("SANDBOX_IDLE_MAX_MINUTES", default=480)
+# How long before an idle stop the pages show a warning (and opted-in users get an email).
+SANDBOX_IDLE_WARNING_MINUTES = env.int("SANDBOX_IDLE_WARNING_MINUTES", default=10)
+# Extensions (+1 h, +4 h) never put the idle stop further than this from now.
+SANDBOX_EXTEND_MAX_MINUTES = env.int("SANDBOX_EXTEND_MAX_MINUTES", default=480)
+SANDBOX_EXTEND_CHOICES_MINUTES = [60, 240]
+# The timeline notes what kept a sandbox awake at most this often per kind of use.
+SANDBOX_ACTIVITY_MARK_MINUTES = env.int("SANDBOX_ACTIVITY_MARK_MINUTES", default=15)
 SANDBOX_REMOTE_AUTO_STOP_MINUTES = env.int("SANDBOX_REMOTE_AUTO_STOP_MINUTES", default=SANDBOX_IDLE_MINUTES + 30)
 SANDBOX_SSH_TOKEN_MINUTES = env.int("SANDBOX_SSH_TOKEN_MINUTES", default=120)
 SANDBOX_PREVIEW_PORT = env.int("SANDBOX_PREVIEW_PORT", default=3000)
@@ -398,6 +436,8 @@ SANDBOX_TERMINAL_DETACHED_MINUTES = env.int("SANDBOX_TERMINAL_DETACHED_MINUTES",
 SANDBOX_TERMINAL_RENEW_SECONDS = env.int("SANDBOX_TERMINAL_RENEW_SECONDS", default=60)
 # Terminal websockets one user may have open at once, across processes (0 = no cap).
 SANDBOX_TERMINAL_CONNECTIONS_PER_USER = env.int("SANDBOX_TERMINAL_CONNECTIONS_PER_USER", default=8)
+# The recent output kept per web terminal session and replayed when a browser reattaches.
+SANDBOX_TERMINAL_SCROLLBACK_BYTES = env.int("SANDBOX_TERMINAL_SCROLLBACK_BYTES", default=64 * 1024)
 # Provider calls in flight at once when stopping or looking up many sandboxes.
 SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=64)
 # SSH gateway of local sandboxes (manage.py run_ssh_gateway). It listens on loopback unless told

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from . import services
 from .durations import format_duration
-from .models import AuditEvent, Sandbox, TerminalSession
+from .models import AccessGrant, AuditEvent, Sandbox, TerminalSession
 
 Actor = AuditEvent.ActorType
 
@@ -83,6 +83,9 @@ class SandboxAdmin(admin.ModelAdmin):
         "last_error_code",
         "last_error",
         "build_retried_for",
+        "idle_minutes",
+        "keep_awake_until",
+        "warn_by_email",
     ]
     readonly_fields = fields
 
@@ -212,3 +215,23 @@ class TerminalSessionAdmin(RecordAdmin):
     search_fields = ["sandbox__user__email", "sandbox__remote_name", "session_id"]
     list_select_related = ["sandbox"]
     readonly_fields = ["sandbox", "session_id", "remote_id", "clients", "created_at", "attached_until"]
+
+
+@admin.register(AccessGrant)
+class AccessGrantAdmin(RecordAdmin):
+    """The access ledger: credentials handed out and live sessions, never their secrets."""
+
+    list_display = [
+        "created_at",
+        "kind",
+        "sandbox",
+        "expires_at",
+        "last_used_at",
+        "last_used_from",
+        "ended_at",
+        "revoked_at",
+    ]
+    list_filter = ["kind"]
+    search_fields = ["sandbox__user__email", "sandbox__remote_name", "public_id", "last_used_from"]
+    list_select_related = ["sandbox"]
+    date_hierarchy = "created_at"

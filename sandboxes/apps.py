@@ -7,5 +7,6 @@ class SandboxesConfig(AppConfig):
 
     def ready(self):
         # The system checks register themselves; the tasks too, in every process, since the
-        # services enqueue them by name.
+        # services enqueue them by name; and the scrollback's cleanup when a session row goes.
         from . import checks, tasks  # noqa: F401
+        from .services import scrollback  # noqa: F401

@@ -51,6 +51,15 @@ def check_sandbox_provider(app_configs=None, **kwargs):
                 id="sandboxes.E004",
             )
         )
+    if settings.DAYTONA_WEBHOOK_SECRET and not services.webhook_secret_valid(settings.DAYTONA_WEBHOOK_SECRET):
+        errors.append(
+            Error(
+                "DAYTONA_WEBHOOK_SECRET is not a Svix signing secret.",
+                hint="Copy the endpoint's signing secret (whsec_...) from Daytona's webhook settings, "
+                "or leave it empty to take no webhooks.",
+                id="sandboxes.E012",
+            )
+        )
     errors.extend(_access_lifetime_errors())
     return errors
 

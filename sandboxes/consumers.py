@@ -41,18 +41,18 @@ import queue
 import re
 import threading
 import time
-import uuid
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
-from django.core.cache import cache
 from django.db import connections
 
 from . import services
 from .models import ActivitySource, Sandbox, SandboxState
+from .services.scrollback import with_scrollback
+from .websocket_slots import Slot, claim_slot, lease_for, release_slot, renew_slot
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,7 @@ CLOSE_TOO_MANY_CONNECTIONS = 4430
 CLOSE_TRY_AGAIN = 1013
 CLOSE_NORMAL = 1000
 
+NO_CHANNEL_LAYER = ""  # an alias no configuration has: get_channel_layer() gives None
 SESSION_ID = re.compile(r"[A-Za-z0-9-]{1,64}")
 MAX_DIMENSION = 1000
 DEFAULT_COLS, DEFAULT_ROWS = 80, 24
@@ -81,6 +82,10 @@ _blocking_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="termina
 class TerminalConsumer(AsyncWebsocketConsumer):
     """One browser tab's terminal. See the module docstring for the protocol."""
 
+    # No other consumer sends to a terminal: no channel of its own on the channel layer, so an
+    # open terminal holds no blocking read on Redis.
+    channel_layer_alias = NO_CHANNEL_LAYER
+
     async def connect(self) -> None:
         # Accepted first so that every refusal reaches the page with its close code.
         await self.accept()
@@ -88,7 +93,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.terminal: services.Terminal | None = None
         self.closing = False
         self.shell_exited = False
-        self.slot: tuple[str, str] | None = None
+        self.slot: Slot | None = None
         try:
             await self._attach()
         except OSError:
@@ -129,7 +134,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         try:
             self.terminal = await self._in_thread(
-                services.terminal_open, sandbox=self.sandbox, session_id=session_id, cols=cols, rows=rows
+                services.terminal_open,
+                sandbox=self.sandbox,
+                session_id=session_id,
+                cols=cols,
+                rows=rows,
+                client_address=(self.scope.get("client") or [None])[0],
             )
         except services.SandboxError as error:
             if error.kind == services.ErrorKind.NOT_FOUND:
@@ -167,7 +177,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.closing = True
         slot, self.slot = getattr(self, "slot", None), None
         if slot is not None:
-            await self._in_thread(_release_slot, slot)
+            await self._in_thread(release_slot, slot)
         terminal = getattr(self, "terminal", None)
         if terminal is None:
             return
@@ -186,6 +196,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     # -- the bridge ---------------------------------------------------------------------
 
     def _start_bridge(self) -> None:
+        # A reattach shows the session's recent output first (its scrollback), then live output.
+        self.terminal = with_scrollback(self.terminal, remote_id=self.sandbox.remote_id)
         self.outbox: list[bytes] = []
         self.outbox_size = 0
         self.output_room = threading.Event()  # cleared while the browser is behind
@@ -343,7 +355,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def _keep_session(self) -> None:
         """Renew the claim on the session while attached; close a bridge that carried no input
         or output for longer than the idle period (an open, quiet terminal is nobody working)."""
-        idle_limit = settings.SANDBOX_IDLE_MINUTES * 60
+        idle_limit = self.sandbox.idle_period.total_seconds()
         while not self.closing:
             await asyncio.sleep(settings.SANDBOX_TERMINAL_RENEW_SECONDS)
             if self.closing:
@@ -357,7 +369,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                 return
             await _renew(self.terminal.session_id)
             if self.slot is not None:
-                await self._in_thread(_renew_slot, self.slot)
+                await self._in_thread(renew_slot, self.slot)
 
     async def _remote_state(self) -> SandboxState | None:
         return await self._in_thread(services.sandbox_remote_state, sandbox=self.sandbox)
@@ -382,38 +394,14 @@ def _closing_connections(function, args, kwargs):
         connections.close_all()
 
 
-# Terminal websockets per user, across processes: slot keys in the shared cache, each claimed
-# atomically (cache.add) and held under a lease renewed while the websocket is open, so the slots
-# of a process that died come free when their leases run out.
-
-
-def _slot_lease() -> int:
-    return 2 * settings.SANDBOX_TERMINAL_RENEW_SECONDS + 30
-
-
-def _claim_slot(user_id: int) -> tuple[str, str] | None:
-    """A free slot ``(key, holder)`` of the user's, or None when all are taken."""
-    limit = settings.SANDBOX_TERMINAL_CONNECTIONS_PER_USER
-    holder = uuid.uuid4().hex
-    if limit <= 0:
-        return "", holder  # no cap
-    for index in range(limit):
-        key = f"terminal-websocket:{user_id}:{index}"
-        if cache.add(key, holder, timeout=_slot_lease()):
-            return key, holder
-    return None
-
-
-def _renew_slot(slot: tuple[str, str]) -> None:
-    key, holder = slot
-    if key and cache.get(key) in (holder, None):
-        cache.set(key, holder, timeout=_slot_lease())
-
-
-def _release_slot(slot: tuple[str, str]) -> None:
-    key, holder = slot
-    if key and cache.get(key) == holder:
-        cache.delete(key)
+def _claim_slot(user_id: int) -> Slot | None:
+    """One of the user's ``SANDBOX_TERMINAL_CONNECTIONS_PER_USER`` terminal websockets."""
+    return claim_slot(
+        "terminal-websocket",
+        user_id,
+        limit=settings.SANDBOX_TERMINAL_CONNECTIONS_PER_USER,
+        lease_seconds=lease_for(settings.SANDBOX_TERMINAL_RENEW_SECONDS),
+    )
 
 
 @database_sync_to_async

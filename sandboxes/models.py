@@ -72,6 +72,19 @@ class Sandbox(models.Model):
     last_error = models.TextField(blank=True)
     last_error_code = models.CharField(max_length=32, blank=True)
 
+    # The owner's choices: their idle period (None: SANDBOX_IDLE_MINUTES), whether to be emailed
+    # before an idle stop. Kept across resets (the row outlives its remote sandboxes).
+    idle_minutes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="The owner's idle period in minutes; empty: the deployment's default."
+    )
+    warn_by_email = models.BooleanField(default=False, help_text="Email the owner before an idle stop.")
+    keep_awake_until = models.DateTimeField(
+        null=True, blank=True, help_text="The owner extended the idle stop: not stopped as idle before this."
+    )
+    stop_warning_sent_for = models.DateTimeField(
+        null=True, blank=True, help_text="The idle stop time the owner was last emailed about."
+    )
+
     # Access handed out at the last launch, encrypted (sandboxes.secrets); reused while valid.
     access_ciphertext = models.BinaryField(null=True, blank=True, editable=False)
     access_expires_at = models.DateTimeField(null=True, blank=True)
@@ -101,6 +114,20 @@ class Sandbox(models.Model):
 
     def idle_for(self, now: datetime) -> timedelta:
         return now - self.idle_since
+
+    @property
+    def idle_period(self) -> timedelta:
+        """How long the sandbox may go without use: the owner's choice, else the default."""
+        return timedelta(minutes=self.idle_minutes or settings.SANDBOX_IDLE_MINUTES)
+
+    @property
+    def idle_deadline(self) -> datetime:
+        """When the idle policy may stop it: the idle clock plus the idle period, or the end of an
+        extension when that is later."""
+        deadline = self.idle_since + self.idle_period
+        if self.keep_awake_until is not None and self.keep_awake_until > deadline:
+            return self.keep_awake_until
+        return deadline
 
     def has_reusable_access(self, now: datetime, margin: timedelta) -> bool:
         return (
@@ -172,7 +199,12 @@ class AuditEvent(models.Model):
         RECOVER = "recover"
         DELETE = "delete"
         ACCESS_MINTED = "access_minted"
+        ACCESS_REVOKED = "access_revoked"
         STATE_SYNCED = "state_synced"
+        EXTEND = "extend"
+        RESET = "reset"
+        SETTINGS = "settings"
+        WARNED = "warned"
 
     class ActorType(models.TextChoices):
         USER = "user"
@@ -195,3 +227,80 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.action} {self.sandbox_name}"
+
+
+class ActivityMark(models.Model):
+    """That a person used the sandbox, and how: written at most once per source every
+    ``SANDBOX_ACTIVITY_MARK_MINUTES``, so the timeline can say what kept it awake."""
+
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="activity_marks")
+    source = models.CharField(max_length=16, choices=ActivitySource.choices)
+    at = models.DateTimeField()
+
+    class Meta:
+        indexes = [models.Index(fields=["sandbox", "-at"])]
+        ordering = ["-at"]
+
+    def __str__(self) -> str:
+        return f"{self.source} at {self.at:%Y-%m-%d %H:%M}"
+
+
+class AccessGrant(models.Model):
+    """One entry of a sandbox's access ledger: a credential handed out (an SSH token, a signed
+    link) or a live session opened with one (a terminal, an SSH connection, a preview), with when
+    it was made, when it expires, when and from where it was last used, and whether it ended or
+    was revoked. Never holds a secret: ``fingerprint`` is a SHA-256 of the token or session id."""
+
+    class Kind(models.TextChoices):
+        SSH_TOKEN = "ssh_token", "SSH token"
+        TERMINAL_LINK = "terminal_link", "Signed terminal link"
+        PREVIEW_LINK = "preview_link", "Signed preview link"
+        PREVIEW_SESSION = "preview_session", "Preview session"
+        TERMINAL_SESSION = "terminal_session", "Terminal session"
+        SSH_SESSION = "ssh_session", "SSH session"
+
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.CASCADE, related_name="access_grants")
+    kind = models.CharField(max_length=24, choices=Kind.choices)
+    public_id = models.CharField(max_length=32, unique=True, help_text="What the ledger's API names it by.")
+    fingerprint = models.CharField(max_length=64, db_index=True, help_text="SHA-256 of the secret it stands for.")
+    parent = models.ForeignKey(
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="sessions",
+        help_text="The credential this live session was opened with.",
+    )
+    label = models.CharField(max_length=128, blank=True)
+    created_at = models.DateTimeField()
+    expires_at = models.DateTimeField(null=True, blank=True)
+    last_used_at = models.DateTimeField(null=True, blank=True)
+    last_used_from = models.GenericIPAddressField(null=True, blank=True)
+    ended_at = models.DateTimeField(null=True, blank=True, help_text="Closed, replaced or expired early.")
+    revoked_at = models.DateTimeField(null=True, blank=True)
+    revoked_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, blank=True, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["sandbox", "ended_at", "revoked_at"])]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.public_id}"
+
+    @property
+    def is_live(self) -> bool:
+        return self.ended_at is None and self.revoked_at is None
+
+
+class WebhookDelivery(models.Model):
+    """A provider's webhook event taken in, by its id: a replay of the same id changes nothing."""
+
+    event_id = models.CharField(max_length=128, unique=True)
+    event_type = models.CharField(max_length=64)
+    remote_id = models.CharField(max_length=128, blank=True)
+    received_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    def __str__(self) -> str:
+        return f"{self.event_type} {self.event_id}"

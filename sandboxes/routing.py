@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import consumers
+from . import consumers, live_consumer
 
 websocket_urlpatterns = [
     path(
@@ -8,4 +8,5 @@ websocket_urlpatterns = [
         consumers.TerminalConsumer.as_asgi(),
         name="sandbox-terminal-socket",
     ),
+    path("ws/sandbox/events/", live_consumer.SandboxEventsConsumer.as_asgi(), name="sandbox-events-socket"),
 ]

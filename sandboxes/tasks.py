@@ -14,6 +14,8 @@ from django.utils import timezone
 
 from . import services
 from .models import Sandbox
+from .services.timeline import activity_marks_prune
+from .services.warnings import sandboxes_warn_before_idle_stop
 
 MAX_RETRY_COUNTDOWN = 300
 
@@ -42,12 +44,32 @@ def reap_terminal_sessions() -> int:
 @shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=3, ignore_result=True)
 def refresh_sandbox_activity(self, sandbox_id: int) -> bool:
     """Reset the provider's idle timer of a sandbox the portal sees in use."""
+    return _on_sandbox(self, sandbox_id, services.sandbox_refresh_activity)
+
+
+@shared_task(bind=True, acks_late=True, soft_time_limit=60, time_limit=90, max_retries=3, ignore_result=True)
+def apply_sandbox_backstop(self, sandbox_id: int) -> bool:
+    """Set the provider's own idle stop of a sandbox whose idle period or extension changed."""
+    return _on_sandbox(self, sandbox_id, services.sandbox_apply_backstop)
+
+
+def _on_sandbox(task, sandbox_id: int, service) -> bool:
+    """Run ``service`` on the sandbox (False when its row is gone), retrying what may pass."""
     sandbox = Sandbox.objects.filter(pk=sandbox_id).first()
     if sandbox is None:
         return False
     try:
-        return services.sandbox_refresh_activity(sandbox=sandbox)
+        return service(sandbox=sandbox)
     except services.SandboxError as exc:
         if not exc.retryable:
             raise
-        raise self.retry(exc=exc, countdown=min(exc.retry_after or 30, MAX_RETRY_COUNTDOWN)) from exc
+        raise task.retry(exc=exc, countdown=min(exc.retry_after or 30, MAX_RETRY_COUNTDOWN)) from exc
+
+
+@shared_task(acks_late=True, soft_time_limit=50, time_limit=60, ignore_result=True)
+def warn_before_idle_stop() -> int:
+    """Beat: email the owners who asked for it before their sandbox's idle stop (see
+    ``services.warnings.sandboxes_warn_before_idle_stop``), and prune old activity marks."""
+    now = timezone.now()
+    activity_marks_prune(now=now)
+    return sandboxes_warn_before_idle_stop(now=now)

@@ -2,7 +2,7 @@ from urllib.parse import urlsplit
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.shortcuts import get_object_or_404, render
+from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
 from .http import no_store
@@ -47,7 +47,12 @@ def portal(request):
     auto_launch = (
         request.user.is_authenticated and request.GET.get("launch") == "1" and navigated_from_the_portal(request)
     )
-    return render(request, "sandboxes/portal.html", {"specs": specs, "auto_launch": auto_launch})
+    has_sandbox = (
+        request.user.is_authenticated and Sandbox.objects.filter(user=request.user).exclude(remote_id="").exists()
+    )
+    return render(
+        request, "sandboxes/portal.html", {"specs": specs, "auto_launch": auto_launch, "has_sandbox": has_sandbox}
+    )
 
 
 @require_GET
@@ -56,3 +61,14 @@ def terminal(request, remote_id: str):
     """The browser terminal of the user's own sandbox; anyone else's is a 404."""
     sandbox = get_object_or_404(Sandbox, user=request.user, remote_id=remote_id)
     return no_store(render(request, "sandboxes/terminal.html", {"sandbox": sandbox}))
+
+
+@require_GET
+@login_required
+def dashboard(request):
+    """The owner's dashboard: the page's script fills it from the JSON API. A user whose sandbox
+    has never been made is sent to the portal, whose launcher makes it."""
+    sandbox = Sandbox.objects.filter(user=request.user).exclude(remote_id="").first()
+    if sandbox is None:
+        return redirect("portal")
+    return no_store(render(request, "sandboxes/dashboard.html", {"sandbox": sandbox}))

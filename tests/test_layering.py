@@ -21,11 +21,13 @@ DOORS = (
     "sandboxes.urls",
     "sandboxes.routing",
     "sandboxes.consumers",
+    "sandboxes.live_consumer",
     "sandboxes.admin",
     "sandboxes.tasks",
     "sandboxes.management",
     "sandboxes.local_only",
     "sandboxes.preview",
+    "sandboxes.webhooks",
 )
 
 

@@ -25,6 +25,14 @@ def test_unknown_provider_is_a_check_error(settings):
         call_command("check")
 
 
+def test_an_empty_webhook_signing_secret_is_a_check_error(settings):
+    settings.DAYTONA_WEBHOOK_SECRET = "whsec_"
+    with pytest.raises(SystemCheckError, match="sandboxes.E012"):
+        call_command("check")
+    settings.DAYTONA_WEBHOOK_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+    call_command("check")
+
+
 @pytest.mark.parametrize("minutes", [1441, 0], ids=["over-daytonas-day", "zero"])
 def test_access_lifetime_must_fit_daytonas_signed_links(settings, minutes):
     settings.SANDBOX_PROVIDER = "daytona"

@@ -2,8 +2,11 @@
 
 Nothing here holds a database connection while it waits: routes are looked up in a worker
 thread that gives its connection back at once, and cached for ``ROUTE_SECONDS``, so a stop or
-a revocation reaches open tabs within that time. Streaming answers, long polls and websockets
-are bounded per sandbox and per client address (``SANDBOX_PREVIEW_CONNECTIONS_PER_*``).
+a revocation reaches open tabs within that time. Each preview session is a grant in the access
+ledger: whether it still holds is asked of the database at most every ``GRANT_SECONDS`` per
+session and process, and streaming answers and websockets opened with a revoked one are cut
+within that time and a check. Streaming answers, long polls and websockets are bounded per
+sandbox and per client address (``SANDBOX_PREVIEW_CONNECTIONS_PER_*``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from django.db import connections
 from websockets.exceptions import ConnectionClosed
 
 from sandboxes import services
+from sandboxes.services import grants, ledger
 
 from . import headers as policy
 from . import pages, sessions, upstream
@@ -29,7 +33,10 @@ from .hosts import PreviewHost, host_of, parse_host
 log = logging.getLogger(__name__)
 
 ROUTE_SECONDS = 5.0
+GRANT_SECONDS = 2.0  # how long a preview session's grant is taken as live without asking again
 ACTIVITY_SECONDS = 30.0
+GRANT_USE_SECONDS = 60.0  # between two records of a preview session's last use
+CLOSE_REVOKED = 4403
 SENDABLE_CLOSE_CODES = set(range(1000, 1004)) | set(range(1007, 1015)) | set(range(3000, 5000))
 
 
@@ -72,6 +79,44 @@ def _record_activity(sandbox_pk: int) -> None:
         connections.close_all()
 
 
+def _grant_live(public_id: str) -> bool:
+    try:
+        return ledger.preview_session_live(public_id=public_id)
+    finally:
+        connections.close_all()
+
+
+def _open_session(sandbox_pk: int, public_id: str, cookie: str, client: str) -> None:
+    try:
+        ledger.preview_session_opened(sandbox_pk=sandbox_pk, public_id=public_id, cookie=cookie, client_address=client)
+    finally:
+        connections.close_all()
+
+
+def _session_used(public_id: str, client: str) -> None:
+    try:
+        ledger.preview_session_used(public_id=public_id, client_address=client)
+    finally:
+        connections.close_all()
+
+
+class GrantCache:
+    """Whether preview sessions' grants hold, each asked again after ``GRANT_SECONDS``."""
+
+    def __init__(self):
+        self.entries: dict[str, tuple[float, bool]] = {}
+
+    async def live(self, public_id: str) -> bool:
+        now = time.monotonic()
+        cached = self.entries.get(public_id)
+        if cached is None or cached[0] <= now:
+            answer = await sync_to_async(_grant_live, thread_sensitive=False)(public_id)
+            if len(self.entries) > 10_000:
+                self.entries = {k: v for k, v in self.entries.items() if v[0] > now}
+            self.entries[public_id] = cached = (now + GRANT_SECONDS, answer)
+        return cached[1]
+
+
 class RouteCache:
     def __init__(self):
         self.entries: dict[tuple[str, int], tuple[float, object]] = {}
@@ -97,8 +142,10 @@ class PreviewRelay:
 
     def __init__(self):
         self.routes = RouteCache()
+        self.grants = GrantCache()
         self.limits = ConnectionLimits()
         self.activity_noted: dict[str, float] = {}
+        self.grant_used: dict[str, float] = {}
         self.background: set[asyncio.Task] = set()
 
     async def __call__(self, scope, receive, send):
@@ -122,7 +169,8 @@ class PreviewRelay:
             if _is_navigation(scope) and scope["method"] in ("GET", "HEAD"):
                 return await self._sign_in(scope, send, host)
             return await _send_page(send, *_refusal_page(exc, host.port))
-        if not _signed_in(scope, host, route):
+        grant_id = await self._session(scope, host, route)
+        if grant_id is None:
             return await self._sign_in(scope, send, host)
         client = _client(scope)
         if not self.limits.acquire(route.remote_id, client):
@@ -130,11 +178,12 @@ class PreviewRelay:
         try:
             if _is_navigation(scope):
                 self._note_activity(route)
-            await self._relay_http(scope, receive, send, host, route)
+                self._note_use(grant_id, client)
+            await self._relay_http(scope, receive, send, host, route, grant_id)
         finally:
             self.limits.release(route.remote_id, client)
 
-    async def _relay_http(self, scope, receive, send, host: PreviewHost, route) -> None:
+    async def _relay_http(self, scope, receive, send, host: PreviewHost, route, grant_id: str) -> None:
         try:
             reader, writer = await upstream.open_stream(route)
         except upstream.UpstreamError as exc:
@@ -162,7 +211,7 @@ class PreviewRelay:
             if offsite is not None:
                 return await _send_page(send, *_offsite_page(offsite))
             await send({"type": "http.response.start", "status": response.status_code, "headers": to_browser})
-            await _stream_body(exchange, receive, send)
+            await _stream_body(exchange, receive, send, self._until_revoked(grant_id))
         finally:
             exchange.close()
 
@@ -177,7 +226,15 @@ class PreviewRelay:
             return await _send_page(send, *_refusal_page(exc, host.port))
         if handshake.nonce != route.upstream.nonce or handshake.user_id != route.user_id:
             return await _send_page(send, *_expired_page())
-        value = sessions.session_value(host, user_id=route.user_id, nonce=route.upstream.nonce)
+        grant_id = grants.new_public_id()
+        value = sessions.session_value(host, user_id=route.user_id, nonce=route.upstream.nonce, grant_id=grant_id)
+        try:
+            await sync_to_async(_open_session, thread_sensitive=False)(
+                route.sandbox_pk, grant_id, value, _client(scope)
+            )
+        except Exception:
+            log.exception("preview of %s: the session could not be recorded", route.remote_id)
+            return await _send_page(send, *pages.page(503, "Please try again", "Reload this page in a moment."))
         await _see_other(send, handshake.next_path, (b"set-cookie", sessions.set_cookie_header(value)))
 
     async def _sign_in(self, scope, send, host: PreviewHost) -> None:
@@ -195,6 +252,31 @@ class PreviewRelay:
         next_path = scope["path"] + ("?" + scope["query_string"].decode("latin-1") if scope.get("query_string") else "")
         query = urlencode({"port": host.port, "next": sessions.safe_next(next_path)})
         await _see_other(send, f"{settings.PORTAL_URL}/sandboxes/{host.remote_id}/preview/?{query}")
+
+    async def _session(self, scope, host: PreviewHost, route) -> str | None:
+        """The grant id of the request's preview session, when it is the owner's and still holds."""
+        value = sessions.cookie_from((_header(scope, b"cookie") or b"").decode("latin-1"))
+        session = sessions.session_of(value, host, nonce=route.upstream.nonce)
+        if session is None or session[0] != route.user_id:
+            return None
+        return session[1] if await self.grants.live(session[1]) else None
+
+    async def _until_revoked(self, grant_id: str) -> None:
+        """Returns once the preview session's grant no longer holds."""
+        while await self.grants.live(grant_id):
+            await asyncio.sleep(GRANT_SECONDS / 2)
+
+    def _note_use(self, grant_id: str, client: str) -> None:
+        """The ledger's last use of a preview session (written at most every minute)."""
+        now = time.monotonic()
+        if now - self.grant_used.get(grant_id, -GRANT_USE_SECONDS) < GRANT_USE_SECONDS:
+            return
+        if len(self.grant_used) > 10_000:
+            self.grant_used = {k: v for k, v in self.grant_used.items() if now - v < GRANT_USE_SECONDS}
+        self.grant_used[grant_id] = now
+        task = asyncio.ensure_future(sync_to_async(_session_used, thread_sensitive=False)(grant_id, client))
+        self.background.add(task)
+        task.add_done_callback(self.background.discard)
 
     def _note_activity(self, route) -> None:
         """A page load is a person using the preview (written at most every minute anyway)."""
@@ -219,17 +301,18 @@ class PreviewRelay:
             route = await self.routes.get(host)
         except services.SandboxError:
             return await send({"type": "websocket.close", "code": 1011})
-        if not _signed_in(scope, host, route):
+        grant_id = await self._session(scope, host, route)
+        if grant_id is None:
             return await send({"type": "websocket.close", "code": 1008})
         client = _client(scope)
         if not self.limits.acquire(route.remote_id, client):
             return await send({"type": "websocket.close", "code": 1013})
         try:
-            await self._relay_websocket(scope, receive, send, host, route)
+            await self._relay_websocket(scope, receive, send, host, route, grant_id)
         finally:
             self.limits.release(route.remote_id, client)
 
-    async def _relay_websocket(self, scope, receive, send, host: PreviewHost, route) -> None:
+    async def _relay_websocket(self, scope, receive, send, host: PreviewHost, route, grant_id: str) -> None:
         to_app = _headers_to_app(scope, host, route)
         target = upstream.target_of(route, scope["path"], scope.get("query_string", b""))
         try:
@@ -260,7 +343,8 @@ class PreviewRelay:
             code = app.close_code if app.close_code in SENDABLE_CLOSE_CODES else 1011
             await send({"type": "websocket.close", "code": code, "reason": (app.close_reason or "")[:120]})
 
-        tasks = {asyncio.ensure_future(browser_to_app()), asyncio.ensure_future(app_to_browser())}
+        revoked = asyncio.ensure_future(self._until_revoked(grant_id))
+        tasks = {asyncio.ensure_future(browser_to_app()), asyncio.ensure_future(app_to_browser()), revoked}
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -268,6 +352,8 @@ class PreviewRelay:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await app.close()
+        if revoked.done() and not revoked.cancelled():
+            await send({"type": "websocket.close", "code": CLOSE_REVOKED, "reason": "preview session revoked"})
 
 
 # --- pieces -----------------------------------------------------------------------------------
@@ -313,11 +399,6 @@ def _client(scope) -> str:
     return client[0] if client else "-"
 
 
-def _signed_in(scope, host: PreviewHost, route) -> bool:
-    value = sessions.cookie_from((_header(scope, b"cookie") or b"").decode("latin-1"))
-    return sessions.session_user(value, host, nonce=route.upstream.nonce) == route.user_id
-
-
 def _is_navigation(scope) -> bool:
     mode = _header(scope, b"sec-fetch-mode")
     if mode is not None:
@@ -335,14 +416,16 @@ async def _request_body(receive):
             return
 
 
-async def _stream_body(exchange, receive, send) -> None:
-    """The app's body as it arrives, until it ends or the browser goes away."""
+async def _stream_body(exchange, receive, send, until_revoked) -> None:
+    """The app's body as it arrives, until it ends, the browser goes away or the preview
+    session is revoked (``until_revoked`` returns: the answer is cut off)."""
     disconnected = asyncio.ensure_future(_disconnect(receive))
+    revoked = asyncio.ensure_future(until_revoked)
     chunks = exchange.body().__aiter__()
     try:
         while True:
             chunk = asyncio.ensure_future(chunks.__anext__())
-            await asyncio.wait({chunk, disconnected}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({chunk, disconnected, revoked}, return_when=asyncio.FIRST_COMPLETED)
             if not chunk.done():
                 chunk.cancel()
                 return
@@ -354,6 +437,7 @@ async def _stream_body(exchange, receive, send) -> None:
         await send({"type": "http.response.body", "body": b""})
     finally:
         disconnected.cancel()
+        revoked.cancel()
 
 
 async def _disconnect(receive) -> None:

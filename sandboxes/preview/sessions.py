@@ -3,9 +3,10 @@ for a cookie scoped to that one host.
 
 The code names the sandbox, the port, the owner, the sandbox's current run (the provider's
 nonce, see :class:`~sandboxes.providers.base.PreviewUpstream`) and where to go next; it is
-signed, lives ``CODE_SECONDS`` and is accepted once. The cookie is the owner's id signed with a
-key bound to the sandbox, the port and the run, so it ends with ``SANDBOX_SSH_TOKEN_MINUTES``,
-with a stop or a revocation, and is worth nothing on any other preview host.
+signed, lives ``CODE_SECONDS`` and is accepted once. The cookie is the owner's id and the id of
+the session's grant in the access ledger, signed with a key bound to the sandbox, the port and
+the run, so it ends with ``SANDBOX_SSH_TOKEN_MINUTES``, with a stop, with a revocation of the
+sandbox's access or of that grant, and is worth nothing on any other preview host.
 """
 
 from __future__ import annotations
@@ -61,15 +62,19 @@ async def redeem_code(code: str, host: PreviewHost) -> Handshake | None:
     return Handshake(int(payload["u"]), str(payload["n"]), safe_next(payload.get("x")))
 
 
-def session_value(host: PreviewHost, *, user_id: int, nonce: str) -> str:
-    return _signer(host, nonce).sign(str(user_id))
+def session_value(host: PreviewHost, *, user_id: int, nonce: str, grant_id: str) -> str:
+    return _signer(host, nonce).sign(f"{user_id}.{grant_id}")
 
 
-def session_user(value: str | None, host: PreviewHost, *, nonce: str) -> int | None:
+def session_of(value: str | None, host: PreviewHost, *, nonce: str) -> tuple[int, str] | None:
+    """The owner's id and the grant's public id a genuine, unexpired cookie names, else None."""
     if not value:
         return None
     try:
-        return int(_signer(host, nonce).unsign(value, max_age=settings.SANDBOX_SSH_TOKEN_MINUTES * 60))
+        user_id, _, grant_id = (
+            _signer(host, nonce).unsign(value, max_age=settings.SANDBOX_SSH_TOKEN_MINUTES * 60).partition(".")
+        )
+        return int(user_id), grant_id
     except (signing.BadSignature, ValueError):
         return None
 

@@ -213,11 +213,14 @@ class TerminalSession:
     Blocking and thread-safe in the usual way: one thread reads while others write or resize.
     The shell belongs to the sandbox, not to this object: :meth:`detach` leaves it running, so
     a later :meth:`SandboxProvider.open_terminal` with the same ``session_id`` finds the same
-    shell (its scrollback is not replayed). The shell ends when it exits, when :meth:`kill`
-    is called, or when the sandbox stops.
+    shell. Where the backend keeps the shell's recent output itself, ``replays_output`` is
+    true and a new attachment's first bytes are that output (otherwise the portal keeps what
+    it relayed: ``sandboxes.services.scrollback``). The shell ends when it exits, when
+    :meth:`kill` is called, or when the sandbox stops.
     """
 
     session_id: str = ""
+    replays_output: bool = False
 
     def read(self) -> bytes:
         """The next output bytes, waiting for them. ``b""`` once the shell has ended or the
@@ -302,6 +305,7 @@ class SandboxProvider:
 
     name: str = ""
     capabilities: frozenset[Capability] = frozenset()
+    home_directory: str = "/"  # the sandbox user's home, where SSH sessions and editors start
 
     @classmethod
     def from_settings(cls) -> SandboxProvider:
@@ -389,6 +393,12 @@ class SandboxProvider:
     def revoke_access(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
         """Revoke every SSH token of the sandbox and expire the given signed links early.
         Best effort per item; idempotent."""
+        raise NotImplementedError
+
+    def expire_links(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
+        """Expire the given signed links early, and nothing else (SSH tokens stay valid).
+        Links without a ``token`` are the portal's own pages and are skipped. Best effort per
+        item; idempotent."""
         raise NotImplementedError
 
     def refresh_activity(self, remote_id: str) -> None:

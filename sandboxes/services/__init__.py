@@ -14,14 +14,31 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 - :mod:`.reconcile`  make the rows true to what really runs
 - :mod:`.terminals`  PTY sessions: the web terminal's (minted, bounded, reaped), the SSH gateway's
 - :mod:`.gateways`   the preview relay's routes (every provider), the SSH gateway where a provider has none
+- :mod:`.controls`   the owner's stop, restart and reset
+- :mod:`.ledger`     the access ledger: every credential and live session, and their revokes
+- :mod:`.timeline`   why a sandbox runs or stopped, from the audit log and the activity marks
+- :mod:`.warnings`   the email before an idle stop
+- :mod:`.webhooks`   providers' webhooks, verified and applied once
+- :mod:`.live`       telling the owner's open pages that their sandbox changed
 - :mod:`.configuration`  what keeps the configured provider from working, for system checks
 """
 
 from sandboxes.providers.base import ErrorKind
 
-from .access import links_to_expire, stored_access
-from .activity import idle_stop_at, sandbox_extend, sandbox_record_activity, sandbox_refresh_activity
+from .access import home_directory, links_to_expire, stored_access, valid_access
+from .activity import (
+    backstop_minutes,
+    idle_period_bounds,
+    idle_stop_at,
+    idle_warning_at,
+    sandbox_apply_backstop,
+    sandbox_extend,
+    sandbox_record_activity,
+    sandbox_refresh_activity,
+    sandbox_set_preferences,
+)
 from .configuration import PROVIDER_NAMES, provider_problems
+from .controls import sandbox_reset, sandbox_restart, sandbox_stop_own
 from .errors import SandboxError
 from .gateways import (
     PreviewRoute,
@@ -42,6 +59,7 @@ from .gateways import (
     ssh_token_check,
 )
 from .launch import Launch, sandbox_launch, sandbox_status
+from .ledger import access_ledger, access_revoke, access_revoke_all, grant_revocable, grant_state
 from .lifecycle import (
     StopReport,
     sandbox_delete,
@@ -72,8 +90,17 @@ from .terminals import (
     terminal_renew,
     terminals_reap,
 )
+from .timeline import TimelineEntry, sandbox_timeline
+from .webhooks import webhook_secret_valid
 
 __all__ = [
+    "TimelineEntry",
+    "access_ledger",
+    "access_revoke",
+    "access_revoke_all",
+    "grant_revocable",
+    "grant_state",
+    "sandbox_timeline",
     "LABEL_DEPLOYMENT",
     "LABEL_MANAGED",
     "LABEL_OWNER",
@@ -89,8 +116,12 @@ __all__ = [
     "SshTokenCheck",
     "StopReport",
     "Terminal",
+    "backstop_minutes",
     "exclusive_lock",
+    "home_directory",
+    "idle_period_bounds",
     "idle_stop_at",
+    "idle_warning_at",
     "links_to_expire",
     "managed_labels",
     "owner_labels",
@@ -101,15 +132,20 @@ __all__ = [
     "preview_route",
     "provider_problems",
     "remote_name_for",
+    "sandbox_apply_backstop",
     "sandbox_delete",
     "sandbox_extend",
     "sandbox_get_or_create_row",
     "sandbox_launch",
     "sandbox_record_activity",
+    "sandbox_reset",
+    "sandbox_restart",
     "sandbox_refresh_activity",
     "sandbox_remote_state",
+    "sandbox_set_preferences",
     "sandbox_start",
     "sandbox_status",
+    "sandbox_stop_own",
     "sandbox_stop",
     "sandbox_sync",
     "sandboxes_for_stop",
@@ -124,9 +160,11 @@ __all__ = [
     "ssh_terminal_open",
     "ssh_token_check",
     "stored_access",
+    "valid_access",
     "terminal_open",
     "terminal_release",
     "terminal_renew",
     "terminals_reap",
+    "webhook_secret_valid",
     "will_stop",
 ]

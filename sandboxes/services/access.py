@@ -15,7 +15,8 @@ from sandboxes import secrets
 from sandboxes.models import AuditEvent, Sandbox
 from sandboxes.providers.base import SandboxAccess, SandboxProvider, SignedLink, SshAccess
 
-from .rows import Actor, audit
+from .grants import record_minted_access
+from .rows import Actor, audit, provider_for
 
 
 def access_for(sandbox: Sandbox, provider: SandboxProvider, user, *, fresh: bool, now: datetime) -> SandboxAccess:
@@ -42,6 +43,7 @@ def access_for(sandbox: Sandbox, provider: SandboxProvider, user, *, fresh: bool
         actor=user,
         expires_at=sandbox.access_expires_at.isoformat(),
     )
+    record_minted_access(sandbox, access, now)
     return access
 
 
@@ -103,3 +105,16 @@ def _link(record: dict) -> SignedLink:
         port=record["port"],
         expires_at=datetime.fromisoformat(record["expiresAt"]),
     )
+
+
+def home_directory(sandbox: Sandbox) -> str:
+    """Where the sandbox user's files are: the folder an editor opens over SSH."""
+    return provider_for(sandbox).home_directory
+
+
+def valid_access(sandbox: Sandbox, now: datetime) -> SandboxAccess | None:
+    """The access handed out at the last launch while the sandbox runs and it is still valid;
+    None otherwise (a launch mints new access)."""
+    if not sandbox.is_running or sandbox.access_expires_at is None or sandbox.access_expires_at <= now:
+        return None
+    return stored_access(sandbox)

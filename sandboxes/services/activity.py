@@ -15,6 +15,7 @@ The idle clock itself (when it started, how long it has run) is the row's:
 from __future__ import annotations
 
 import logging
+import math
 from datetime import datetime, timedelta
 from functools import partial
 
@@ -25,16 +26,22 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from sandboxes.models import ActivitySource, Sandbox
+from sandboxes.durations import format_duration
+from sandboxes.models import ActivitySource, AuditEvent, Sandbox
 from sandboxes.providers import provider_supports
 from sandboxes.providers.base import Capability, ErrorKind, ProviderError, RemoteSandbox, RemoteState
 
 from .errors import SandboxError, provider_failures_as_sandbox_errors
-from .rows import provider_for
+from .live import sandbox_changed
+from .locks import locked_for_action
+from .rows import Actor, audit, provider_for
+from .timeline import note_activity_mark
 
 log = logging.getLogger(__name__)
 
 REFRESH_TASK = "sandboxes.tasks.refresh_sandbox_activity"
+BACKSTOP_TASK = "sandboxes.tasks.apply_sandbox_backstop"
+BACKSTOP_MARGIN_MINUTES = 30
 # How far behind the portal's own touch the provider's timestamp may land: Daytona throttles
 # activity writes (5 s) and flushes them every 10 s, so its timestamp lags 10-20 s.
 PROVIDER_ACTIVITY_LAG = timedelta(seconds=30)
@@ -61,6 +68,8 @@ def sandbox_record_activity(
     if written:
         sandbox.last_activity_at, sandbox.last_activity_source = now, str(source)
         log.debug("activity on %s from %s", sandbox.remote_name, source)
+        sandbox_changed(sandbox)
+    note_activity_mark(sandbox, source, now)
     refresh_every = settings.SANDBOX_ACTIVITY_REFRESH_MINUTES * 60
     refresh_due = sandbox.is_running and sandbox.remote_id
     if refresh_due and cache.add(f"sandbox-activity-refresh:{sandbox.pk}", 1, refresh_every):
@@ -68,21 +77,135 @@ def sandbox_record_activity(
     return bool(written)
 
 
-def sandbox_extend(*, sandbox: Sandbox, now: datetime | None = None) -> Sandbox:
-    """The user asks for more time: the idle clock starts again now. Only for a running
-    sandbox (``SandboxError("not_running")`` otherwise)."""
+def sandbox_extend(*, sandbox: Sandbox, minutes: int | None = None, actor=None, now: datetime | None = None) -> Sandbox:
+    """The user asks for more time. Without ``minutes``, the idle clock starts again now.
+    With ``minutes`` (one of ``SANDBOX_EXTEND_CHOICES_MINUTES``), the idle stop moves exactly
+    that much later than it would have been (or than now, if that is later), never further than
+    ``SANDBOX_EXTEND_MAX_MINUTES`` from now; audited, honoured by the idle policy
+    (:attr:`Sandbox.keep_awake_until`) and by the provider's own idle stop (a task sets it and
+    restarts the provider's idle timer). The extension itself is not counted as use: "+1 h"
+    means one hour. Only for a running sandbox: ``SandboxError("not_running")``
+    otherwise, ``SandboxError("invalid_request")`` for other minutes."""
+    if minutes is not None and minutes not in settings.SANDBOX_EXTEND_CHOICES_MINUTES:
+        choices = ", ".join(format_duration(timedelta(minutes=m)) for m in settings.SANDBOX_EXTEND_CHOICES_MINUTES)
+        raise SandboxError("invalid_request", f"An extension is one of: {choices}.", status=400)
+    now = now or timezone.now()
     if not sandbox.is_running:
         raise SandboxError("not_running", "Your sandbox is not running; open it to start it again.")
-    sandbox_record_activity(sandbox=sandbox, source=ActivitySource.EXTEND, now=now, always=True)
+    with locked_for_action(sandbox) as row:
+        if minutes is not None and row.is_running:
+            cap = now + timedelta(minutes=settings.SANDBOX_EXTEND_MAX_MINUTES)
+            until = min(max(row.idle_deadline, now) + timedelta(minutes=minutes), cap)
+            row.keep_awake_until = until
+            row.save(update_fields=["keep_awake_until"])
+            audit(
+                row,
+                AuditEvent.Action.EXTEND,
+                actor_type=Actor.USER,
+                actor=actor or row.user,
+                minutes=minutes,
+                until=until.isoformat(),
+            )
+        if minutes is None and row.is_running:
+            sandbox_record_activity(sandbox=row, source=ActivitySource.EXTEND, now=now, always=True)
+    sandbox.refresh_from_db()
+    if minutes is not None:
+        _enqueue_backstop(sandbox)
+    sandbox_changed(sandbox)
     return sandbox
 
 
+def sandbox_set_preferences(*, sandbox: Sandbox, idle_minutes: int | None, warn_by_email: bool, actor=None) -> Sandbox:
+    """The owner's idle period (``None``: the deployment's default) and whether they are
+    emailed before an idle stop. ``SandboxError("invalid_idle_period")`` (400) outside
+    ``SANDBOX_IDLE_MIN_MINUTES`` to ``SANDBOX_IDLE_MAX_MINUTES``. Audited when it changed; the
+    idle policy honours it from its next pass."""
+    low, high = idle_period_bounds()
+    if idle_minutes is not None and not low <= idle_minutes <= high:
+        raise SandboxError(
+            "invalid_idle_period",
+            f"The idle period must be between {format_duration(timedelta(minutes=low))} "
+            f"and {format_duration(timedelta(minutes=high))}.",
+            status=400,
+        )
+    with locked_for_action(sandbox) as row:
+        before = {"idle_minutes": row.idle_minutes, "warn_by_email": row.warn_by_email}
+        row.idle_minutes, row.warn_by_email = idle_minutes, warn_by_email
+        after = {"idle_minutes": row.idle_minutes, "warn_by_email": row.warn_by_email}
+        if after != before:
+            row.save(update_fields=["idle_minutes", "warn_by_email"])
+            audit(row, AuditEvent.Action.SETTINGS, actor_type=Actor.USER, actor=actor or row.user, **after)
+    sandbox.refresh_from_db()
+    if after != before:
+        if after["idle_minutes"] != before["idle_minutes"]:
+            _enqueue_backstop(sandbox)
+        sandbox_changed(sandbox)
+    return sandbox
+
+
+def idle_period_bounds() -> tuple[int, int]:
+    """The shortest and longest idle period (minutes) a user may choose; the default is
+    always allowed."""
+    default = settings.SANDBOX_IDLE_MINUTES
+    return min(settings.SANDBOX_IDLE_MIN_MINUTES, default), max(settings.SANDBOX_IDLE_MAX_MINUTES, default)
+
+
 def idle_stop_at(sandbox: Sandbox) -> datetime | None:
-    """When the idle policy stops the running sandbox unless someone uses it; None when it is
-    not running."""
+    """When the idle policy stops the running sandbox unless someone uses it
+    (:attr:`Sandbox.idle_deadline`); None when it is not running."""
     if not sandbox.is_running:
         return None
-    return sandbox.idle_since + timedelta(minutes=settings.SANDBOX_IDLE_MINUTES)
+    return sandbox.idle_deadline
+
+
+def idle_warning_at(sandbox: Sandbox) -> datetime | None:
+    """From when the pages warn of the idle stop (``SANDBOX_IDLE_WARNING_MINUTES`` before it)."""
+    stop_at = idle_stop_at(sandbox)
+    if stop_at is None:
+        return None
+    return stop_at - timedelta(minutes=settings.SANDBOX_IDLE_WARNING_MINUTES)
+
+
+def backstop_minutes(sandbox: Sandbox, now: datetime | None = None) -> int:
+    """The provider's own idle stop for this sandbox (0: never): ``SANDBOX_REMOTE_AUTO_STOP_MINUTES``,
+    or longer where the owner's idle period or extension needs it, always 30 minutes past what
+    the portal's idle policy allows, so the backstop never stops a sandbox the portal keeps."""
+    configured = settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES
+    if not configured:
+        return 0
+    now = now or timezone.now()
+    needed = sandbox.idle_period
+    if sandbox.keep_awake_until is not None and sandbox.keep_awake_until - now > needed:
+        needed = sandbox.keep_awake_until - now
+    return max(configured, math.ceil(needed.total_seconds() / 60) + BACKSTOP_MARGIN_MINUTES)
+
+
+@provider_failures_as_sandbox_errors
+def sandbox_apply_backstop(*, sandbox: Sandbox) -> bool:
+    """Set the provider's own idle stop to :func:`backstop_minutes` and restart its idle timer
+    (while running); False when there is no remote sandbox (any more)."""
+    if not sandbox.remote_id:
+        return False
+    try:
+        provider_for(sandbox).set_auto_stop(sandbox.remote_id, backstop_minutes(sandbox))
+    except ProviderError as exc:
+        if exc.kind is ErrorKind.NOT_FOUND:
+            return False
+        raise
+    # The provider counts its idle stop from its own last activity, which a change of the
+    # interval does not move: restart it, or a long-idle sandbox would stop at once.
+    sandbox_refresh_activity(sandbox=sandbox)
+    return True
+
+
+def _enqueue_backstop(sandbox: Sandbox) -> None:
+    def enqueue():
+        try:
+            current_app.tasks[BACKSTOP_TASK].delay(sandbox.pk)
+        except Exception:  # the broker is down: the next reconcile sets it
+            log.warning("could not enqueue the backstop of sandbox %s", sandbox.pk, exc_info=True)
+
+    transaction.on_commit(enqueue)
 
 
 def _enqueue_activity_refresh(sandbox_id: int) -> None:

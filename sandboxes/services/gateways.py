@@ -91,6 +91,7 @@ class SshRefusal(enum.StrEnum):
     UNAVAILABLE = "unavailable"  # the provider could not be asked
     # Ends an open connection (ssh_connection_check):
     REVOKED = "revoked"  # its token was revoked: a newer one minted, or revoke_access
+    WITHDRAWN = "withdrawn"  # the connection or its token was revoked in the access ledger
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from sandboxes.providers.base import (
 
 from . import capacity
 from .access import access_for
-from .activity import note_remote_touch
+from .activity import backstop_minutes, note_remote_touch
 from .errors import SandboxError, provider_failures_as_sandbox_errors
+from .live import sandbox_changed
 from .locks import locked_for_action
 from .rows import (
     Actor,
@@ -168,7 +169,7 @@ def find_own(sandbox: Sandbox, provider: SandboxProvider, user) -> RemoteSandbox
             "An operator has to resolve this; nothing was handed out.",
         )
     # Its own idle stop may be anything (Daytona's default is 15 minutes): set the backstop.
-    provider.set_auto_stop(remote.id, settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES)
+    provider.set_auto_stop(remote.id, backstop_minutes(sandbox))
     sandbox.remote_id = remote.id
     audit(sandbox, AuditEvent.Action.ADOPT, actor_type=Actor.SYSTEM, remote_id=remote.id)
     return remote
@@ -184,7 +185,7 @@ def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
         disk_gb=sandbox.disk_gb,
         image=settings.SANDBOX_IMAGE,
         snapshot=settings.SANDBOX_SNAPSHOT,
-        auto_stop_minutes=settings.SANDBOX_REMOTE_AUTO_STOP_MINUTES,
+        auto_stop_minutes=backstop_minutes(sandbox),
     )
 
 
@@ -300,6 +301,7 @@ def sandbox_status(*, user, now: datetime | None = None) -> Sandbox | None:
         else:
             apply_remote(locked, remote, now)
         locked.save()
+        sandbox_changed(locked)
     return locked
 
 

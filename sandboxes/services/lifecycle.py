@@ -26,6 +26,7 @@ from sandboxes.providers.base import ErrorKind, ProviderError, RemoteSandbox, Re
 from .access import links_to_expire
 from .activity import fold_outside_activity, note_remote_touch
 from .errors import SandboxError, provider_failures_as_sandbox_errors
+from .grants import end_sandboxes_grants
 from .launch import find_own
 from .locks import exclusive_lock, lock_rows, locked_for_action
 from .rows import (
@@ -48,6 +49,8 @@ STOP_TARGETS = frozenset(
     {SandboxState.STARTED, SandboxState.CREATING, SandboxState.STARTING, SandboxState.STOPPING, SandboxState.UNKNOWN}
 )
 STOP_CHUNK = 256  # rows locked per transaction while their stops are in flight
+# What the idle policy reads of each candidate to know its idle stop time.
+IDLE_FIELDS = ("pk", "user_id", "created_at", "last_started_at", "last_activity_at", "idle_minutes", "keep_awake_until")
 
 
 @dataclass
@@ -157,42 +160,52 @@ def sandboxes_stop_many(
     )
 
 
-def sandboxes_stop_idle(
-    *, now: datetime, idle_after: timedelta | None = None, concurrency: int | None = None
-) -> StopReport:
-    """The idle policy: stop running sandboxes without activity for longer than
-    ``idle_after`` (default ``SANDBOX_IDLE_MINUTES``) before ``now``.
+def sandboxes_stop_idle(*, now: datetime, concurrency: int | None = None) -> StopReport:
+    """The idle policy: stop running sandboxes whose idle stop time (:attr:`Sandbox.idle_deadline`:
+    the owner's idle period, ``SANDBOX_IDLE_MINUTES`` unless they chose another, after the last
+    use, or the end of an extension when later) is before ``now``.
 
     A pure function of ``now`` and the rows (reconcile folds the provider's activity into
     them). Safe when two copies run at once: the second finds the advisory lock held and does
     nothing, and every stop re-checks its row under the row lock. Rows locked by a launch are
     skipped: their owner is active.
     """
-    idle_after = idle_after or timedelta(minutes=settings.SANDBOX_IDLE_MINUTES)
-    cutoff = now - idle_after
+    shortest = timedelta(minutes=min(settings.SANDBOX_IDLE_MIN_MINUTES, settings.SANDBOX_IDLE_MINUTES))
     with exclusive_lock("sandboxes-stop-idle") as acquired:
         if not acquired:
             log.info("idle stop skipped: another run holds the lock")
             return StopReport(lock_held=True)
-        ids = list(
+        # Only rows idle for at least the shortest period anyone may choose are read; each
+        # one's own deadline decides.
+        candidates = (
             Sandbox.objects.with_idle_since()
-            .filter(state=SandboxState.STARTED, idle_start__lt=cutoff)
+            .filter(state=SandboxState.STARTED, idle_start__lt=now - shortest)
+            .filter(Q(keep_awake_until__isnull=True) | Q(keep_awake_until__lt=now))
+            .only(
+                "pk", "user_id", "created_at", "last_started_at", "last_activity_at", "idle_minutes", "keep_awake_until"
+            )
             .order_by("pk")
-            .values_list("pk", flat=True)
         )
+        ids = [row.pk for row in candidates.iterator(chunk_size=2000) if row.idle_deadline < now]
         report = _stop_rows(
             ids,
             actor_type=Actor.SYSTEM,
             actor=None,
-            reason=f"idle for more than {format_duration(idle_after)}",
+            reason="",
             concurrency=concurrency,
             now=now,
-            idle_before=cutoff,
+            idle_before=None,
             skip_locked=True,
+            idle_policy=True,
         )
     if ids:
         log.info("idle stop: %s", report.summary())
     return report
+
+
+def idle_stop_reason(sandbox: Sandbox) -> str:
+    """The audit reason of an idle stop, naming the owner's idle period."""
+    return f"idle for more than {format_duration(sandbox.idle_period)}"
 
 
 def sandboxes_for_stop(
@@ -247,6 +260,7 @@ def _stop_rows(
     idle_before: datetime | None,
     skip_locked: bool,
     wait_seconds: float = 0,
+    idle_policy: bool = False,
 ) -> StopReport:
     report = StopReport()
     if not ids:
@@ -265,12 +279,24 @@ def _stop_rows(
                 idle_before=idle_before,
                 skip_locked=skip_locked,
                 wait_seconds=wait_seconds,
+                idle_policy=idle_policy,
             )
     return report
 
 
 def _stop_chunk(
-    ids: list[int], *, pool, report: StopReport, actor_type, actor, reason, now, idle_before, skip_locked, wait_seconds
+    ids: list[int],
+    *,
+    pool,
+    report: StopReport,
+    actor_type,
+    actor,
+    reason,
+    now,
+    idle_before,
+    skip_locked,
+    wait_seconds,
+    idle_policy,
 ) -> None:
     with transaction.atomic():
         queryset = Sandbox.objects.select_related("user").filter(pk__in=ids).order_by("pk")
@@ -282,6 +308,8 @@ def _stop_chunk(
                 report.already_stopped.append(row)
             elif idle_before is not None and row.idle_since >= idle_before:
                 report.still_active.append(row)
+            elif idle_policy and row.idle_deadline >= now:
+                report.still_active.append(row)
             else:
                 targets.append(row)
         # Whether a link still works is the provider's wall-clock fact, whatever ``now`` says.
@@ -290,7 +318,7 @@ def _stop_chunk(
             lambda row: _stop_remote(row.provider, row.remote_id, links_to_expire(row, wall_clock), wait_seconds),
             targets,
         )
-        events, changes = [], []
+        events, changes, access_ended = [], [], []
         for row, outcome in zip(targets, outcomes, strict=True):
             before = row.state
             changes.append((row, snapshot(row)))
@@ -300,6 +328,7 @@ def _stop_chunk(
                 continue
             apply_remote(row, outcome.remote, now)  # None: gone
             row.forget_access()
+            access_ended.append(row.pk)
             clear_failure(row)
             if outcome.gone:
                 report.already_stopped.append(row)
@@ -318,11 +347,15 @@ def _stop_chunk(
             detail = {"from": before, "to": row.state, "idle_seconds": int((now - row.idle_since).total_seconds())}
             if outcome.links_kept:
                 detail["links_expired"] = False
+            row_reason = idle_stop_reason(row) if idle_policy else reason
             events.append(
-                audit_event(row, AuditEvent.Action.STOP, actor_type=actor_type, actor=actor, reason=reason, **detail)
+                audit_event(
+                    row, AuditEvent.Action.STOP, actor_type=actor_type, actor=actor, reason=row_reason, **detail
+                )
             )
         save_changes(changes)
         AuditEvent.objects.bulk_create(events, batch_size=WRITE_BATCH)
+        end_sandboxes_grants(access_ended, now)
 
 
 # --- start, delete, sync (one sandbox, for operators) --------------------------------------------
@@ -385,6 +418,7 @@ def sandbox_delete(
             if remote_id:
                 provider_for(row).delete(remote_id)
             apply_remote(row, None, now or timezone.now())
+            end_sandboxes_grants([row.pk], now or timezone.now())
             clear_failure(row)
             audit(
                 row,

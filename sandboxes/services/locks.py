@@ -15,6 +15,7 @@ from sandboxes.models import Sandbox
 from sandboxes.providers.base import ProviderError
 
 from .errors import SandboxError
+from .live import sandbox_changed
 from .rows import record_failure
 
 log = logging.getLogger(__name__)
@@ -26,7 +27,8 @@ def locked_for_action(sandbox: Sandbox, *, related: tuple[str, ...] = ()) -> Ite
 
     A ``ProviderError`` or ``SandboxError`` raised by the action is recorded as the row's last
     error and committed with the row, then raised again: a failed call never rolls back what
-    the portal learnt before it (a new remote id, a state).
+    the portal learnt before it (a new remote id, a state). The owner's pages are told once it
+    commits.
     """
     failure: ProviderError | SandboxError | None = None
     with transaction.atomic():
@@ -37,6 +39,7 @@ def locked_for_action(sandbox: Sandbox, *, related: tuple[str, ...] = ()) -> Ite
             record_failure(row, exc)
             failure = exc
         row.save()
+        sandbox_changed(row)
     if failure is not None:
         raise failure
 

@@ -17,6 +17,7 @@ from sandboxes.providers import get_provider
 from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState, SandboxProvider
 
 from .activity import fold_outside_activity, outside_activity
+from .live import sandbox_changed
 from .locks import exclusive_lock, lock_rows
 from .rows import (
     LABEL_OWNER,
@@ -382,6 +383,7 @@ def _adopt(plan: _Plan, *, now: datetime, report: ReconcileReport) -> None:
             row.remote_name = remote.name
             apply_remote(row, remote, now)
             row.save()
+            sandbox_changed(row)
             audit(
                 row,
                 AuditEvent.Action.ADOPT,

@@ -15,6 +15,7 @@ from sandboxes.providers import get_provider
 from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState, SandboxProvider
 
 from .errors import SandboxError
+from .live import sandbox_changed
 
 LABEL_MANAGED = "joepro-managed"
 LABEL_DEPLOYMENT = "joepro-deployment"
@@ -39,6 +40,8 @@ SYNCED_FIELDS = [
     "access_ciphertext",
     "access_expires_at",
 ]
+# Of those, the ones no page shows: a row where only these changed is not announced.
+UNSHOWN_FIELDS = {"last_synced_at", "remote_touched_at"}
 
 
 # --- naming and labels ------------------------------------------------------------------------
@@ -194,13 +197,19 @@ def save_changes(changes: list[tuple[Sandbox, dict]]) -> None:
     ``UPDATE ... WHERE id IN (...)``; the few left over go through one ``bulk_update``. Django's
     ``bulk_update`` alone builds a CASE per row and field, which for thousands of rows costs
     seconds of CPU that the provider threads need.
+
+    The owners of rows whose shown fields changed are told after commit, in one announcement
+    per transaction (:func:`sandbox_changed`).
     """
     groups: dict[tuple, list[Sandbox]] = {}
+    shown: list[Sandbox] = []
     for row, before in changes:
         after = snapshot(row)
         changed = tuple((name, after[name]) for name in SYNCED_FIELDS if after[name] != before[name])
         if changed:
             groups.setdefault(changed, []).append(row)
+        if any(name not in UNSHOWN_FIELDS for name, _ in changed):
+            shown.append(row)
     singles: list[Sandbox] = []
     single_fields: set[str] = set()
     for changed, rows in groups.items():
@@ -212,3 +221,4 @@ def save_changes(changes: list[tuple[Sandbox, dict]]) -> None:
             Sandbox.objects.filter(pk__in=batch).update(**dict(changed))
     if singles:
         Sandbox.objects.bulk_update(singles, sorted(single_fields), batch_size=WRITE_BATCH)
+    sandbox_changed(*shown)

@@ -12,20 +12,23 @@ from __future__ import annotations
 
 import logging
 import secrets
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connections, transaction
 from django.db.models import F, Q
 from django.db.models.functions import Greatest
 from django.utils import timezone
 
-from sandboxes.models import Sandbox, SandboxState, TerminalSession
+from sandboxes.models import AccessGrant, Sandbox, SandboxState, TerminalSession
 from sandboxes.providers.base import ProviderError
 from sandboxes.providers.base import TerminalSession as ProviderTerminal
 
 from .errors import SandboxError, provider_failures_as_sandbox_errors
+from .grants import end_terminal_grant, grant_create, touch_terminal_grant
+from .live import sandbox_changed
 from .rows import portal_state, provider_for
 
 log = logging.getLogger(__name__)
@@ -54,6 +57,12 @@ class Terminal:
     @property
     def exit_code(self) -> int | None:
         return self._session.exit_code
+
+    @property
+    def replays_output(self) -> bool:
+        """Whether a new attachment's first output is the session's recent output, kept by the
+        provider itself (``replays_output`` of its terminal session)."""
+        return bool(getattr(self._session, "replays_output", False))
 
     def read(self) -> bytes:
         try:
@@ -86,6 +95,35 @@ class Terminal:
             raise SandboxError.from_provider(error) from error
 
 
+class WebTerminal(Terminal):
+    """A web terminal's attachment: typing into it counts as use of its session in the access
+    ledger, written at most once every ``LEDGER_TOUCH_SECONDS`` (by the thread that writes)."""
+
+    LEDGER_TOUCH_SECONDS = 60.0
+    __slots__ = ("_sandbox_pk", "_used_from", "_touched")
+
+    def __init__(self, session: ProviderTerminal, *, sandbox_pk: int, used_from: str | None):
+        super().__init__(session)
+        self._sandbox_pk = sandbox_pk
+        self._used_from = used_from
+        self._touched = time.time()  # the attach itself was recorded
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        now = time.time()
+        if 0 <= now - self._touched < self.LEDGER_TOUCH_SECONDS:
+            return
+        self._touched = now
+        try:
+            touch_terminal_grant(
+                sandbox_pk=self._sandbox_pk, session_id=self.session_id, used_from=self._used_from, now=timezone.now()
+            )
+        except Exception:  # the ledger's last use is best effort; the terminal carries on
+            log.warning("recording the use of terminal session %s failed", self.session_id, exc_info=True)
+        finally:
+            connections.close_all()  # this writer thread's: it may not write again for hours
+
+
 @dataclass(frozen=True)
 class _Claim:
     session_id: str
@@ -95,7 +133,13 @@ class _Claim:
 
 @provider_failures_as_sandbox_errors
 def terminal_open(
-    *, sandbox: Sandbox, session_id: str | None, cols: int, rows: int, now: datetime | None = None
+    *,
+    sandbox: Sandbox,
+    session_id: str | None,
+    cols: int,
+    rows: int,
+    now: datetime | None = None,
+    client_address: str | None = None,
 ) -> Terminal:
     """Attach to the web terminal session ``session_id`` of the running sandbox (a login
     shell), or to a new one when ``session_id`` is None or names no session of this sandbox
@@ -105,10 +149,11 @@ def terminal_open(
     is ended to make room; when every one of them is attached, ``SandboxError`` with code
     ``too_many_terminals`` (429). Never starts the sandbox: ``SandboxError`` of kind
     ``invalid_state`` when it is not running, ``not_found`` when it is gone. The attachment
-    counts until :func:`terminal_release`, renewed by :func:`terminal_renew`. Blocking.
+    counts until :func:`terminal_release`, renewed by :func:`terminal_renew`. Each session is a
+    ``terminal_session`` grant in the access ledger, used from ``client_address``. Blocking.
     """
     now = now or timezone.now()
-    claim = _claim(sandbox, session_id, now)
+    claim = _claim(sandbox, session_id, now, client_address)
     provider = provider_for(sandbox)
     if claim.evicted:
         _end_quietly(provider, sandbox.remote_id, claim.evicted)
@@ -117,13 +162,14 @@ def terminal_open(
     except BaseException:
         if claim.created:
             TerminalSession.objects.filter(session_id=claim.session_id).delete()
+            end_terminal_grant(claim.session_id, now)
         else:
             terminal_release(session_id=claim.session_id, now=now)
         raise
-    return Terminal(session)
+    return WebTerminal(session, sandbox_pk=sandbox.pk, used_from=client_address)
 
 
-def _claim(sandbox: Sandbox, session_id: str | None, now: datetime) -> _Claim:
+def _claim(sandbox: Sandbox, session_id: str | None, now: datetime, client_address: str | None) -> _Claim:
     """Register the attachment under the sandbox's row lock, so that simultaneous tabs never
     exceed the bound; no provider call is made while the lock is held."""
     attached_until = now + lease_length()
@@ -136,6 +182,7 @@ def _claim(sandbox: Sandbox, session_id: str | None, now: datetime) -> _Claim:
                 clients=F("clients") + 1, attached_until=Greatest(F("attached_until"), attached_until)
             )
             if reattached:
+                touch_terminal_grant(sandbox_pk=sandbox.pk, session_id=session_id, used_from=client_address, now=now)
                 return _Claim(session_id, created=False)
         evicted = ""
         if sessions.count() >= settings.SANDBOX_TERMINAL_SESSIONS:
@@ -157,6 +204,15 @@ def _claim(sandbox: Sandbox, session_id: str | None, now: datetime) -> _Claim:
             clients=1,
             attached_until=attached_until,
         )
+        grant_create(
+            sandbox=sandbox,
+            kind=AccessGrant.Kind.TERMINAL_SESSION,
+            secret=new_id,
+            label="Web terminal",
+            now=now,
+            used_from=client_address,
+        )
+        sandbox_changed(sandbox)
     return _Claim(new_id, created=True, evicted=evicted)
 
 
@@ -173,6 +229,7 @@ def terminal_release(*, session_id: str, ended: bool = False, now: datetime | No
     last one to leave starts the session's detached clock."""
     if ended:
         TerminalSession.objects.filter(session_id=session_id).delete()
+        end_terminal_grant(session_id, now or timezone.now())
         return
     now = now or timezone.now()
     sessions = TerminalSession.objects.filter(session_id=session_id)

@@ -34,7 +34,7 @@ export async function callApi(method, url, csrfToken, payload = {}) {
     credentials: "same-origin",
     headers: { Accept: "application/json" },
   };
-  if (method === "POST") {
+  if (method !== "GET" && method !== "HEAD") {
     init.headers["Content-Type"] = "application/json";
     init.headers["X-CSRFToken"] = csrfToken;
     init.body = JSON.stringify(payload);

@@ -14,7 +14,10 @@
 //
 // The server names the session; its id lives in sessionStorage, one per tab: a reload or a
 // reconnect reattaches to the same shell, which keeps running in the sandbox while nobody is
-// connected (for a while: the portal ends shells nobody has been attached to for long).
+// connected (for a while: the portal ends shells nobody has been attached to for long). Right
+// after "attached" the server sends the session's recent output (its scrollback), so a reattach
+// shows the prompt and the last lines at once; a reconnect of this page starts from a clean
+// screen for that replay, rather than showing those lines twice.
 // presence.js tells the portal every minute whether someone used the page.
 
 import { startPresence } from "./presence.js";
@@ -120,6 +123,7 @@ function setUpTerminal() {
   let unrendered = 0;
   let paused = false;
   let resuming = false;
+  let outputShown = false; // by an earlier connection of this page
 
   term.onData((data) => sendInput(encoder.encode(data)));
   term.onBinary((data) => sendInput(Uint8Array.from(data, (char) => char.charCodeAt(0) & 0xff)));
@@ -187,6 +191,8 @@ function setUpTerminal() {
     }
     switch (message.type) {
       case "attached":
+        if (outputShown) term.reset(); // the replay that follows repaints what was there
+        outputShown = false;
         attached = true;
         failures = 0;
         if (typeof message.session === "string") sessionStorage.setItem(sessionKey, message.session);
@@ -294,6 +300,7 @@ function setUpTerminal() {
   }
 
   function writeOutput(bytes) {
+    outputShown = true;
     unrendered += bytes.length;
     term.write(bytes, () => {
       unrendered -= bytes.length;

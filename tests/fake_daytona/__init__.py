@@ -15,6 +15,7 @@ preview proxy serving signed links at ``/preview/<token>/``::
     fake.set_rate_limit("sandbox-create", 2)     # the third create in a minute gets 429
     fake.timings = Timings.instant()             # from .timings; or .realistic().scaled(0.1)
     fake.advance_clock(165)                      # transitions complete on the fake clock
+    fake.webhooks.subscribe(url, "whsec_...")    # Svix-signed sandbox events (.webhooks)
     fake.stop()
 
 Sandboxes behave as the hosted service: transitions take realistic time by default

@@ -50,6 +50,8 @@ class StoreCore:
         self.ssh_port = 2222
         self.activity = ActivityTracker(clock.time)
         self.on_leave_started: Callable[[str], None] | None = None
+        # Called with an event type and its fields for Daytona's webhooks (see .webhooks).
+        self.on_event: Callable[[str, dict[str, Any], float], None] | None = None
         self._lock = threading.RLock()
         self._clear()
 
@@ -98,6 +100,16 @@ class StoreCore:
         self._apply_fields(sb, fields)
         self._by_id[sandbox_id] = sb
         self._by_name[name] = sandbox_id
+        self._announce(
+            "sandbox.created",
+            {
+                "id": sandbox_id,
+                "organizationId": ORGANIZATION_ID,
+                "state": sb.data["state"],
+                "sandboxClass": "container",
+                "createdAt": sb.data["createdAt"],
+            },
+        )
         return sb
 
     def _apply_fields(self, sb: _Sandbox, fields: dict[str, Any]) -> None:
@@ -213,6 +225,7 @@ class StoreCore:
     def _move(self, sb: _Sandbox, state: str, *, desired: str | None = None) -> None:
         was_started = sb.state == "started"
         changed = sb.state != state
+        old_state = sb.state
         now = self.clock.time()
         sb.data["state"] = state
         sb.data["desiredState"] = desired or TRANSITION_TARGET.get(state, state)
@@ -223,6 +236,16 @@ class StoreCore:
             # A state change writes lastActivityAt straight to the database (the
             # repository's upsert), past the activity throttle and buffer.
             sb.last_activity = now
+            self._announce(
+                "sandbox.state.updated",
+                {
+                    "id": sb.id,
+                    "organizationId": ORGANIZATION_ID,
+                    "oldState": old_state,
+                    "newState": state,
+                    "updatedAt": iso(now),
+                },
+            )
         if state == "destroyed":
             self._forget(sb)
         if was_started and state != "started":
@@ -259,6 +282,10 @@ class StoreCore:
                 self._pending_ids.discard(sandbox_id)
             else:
                 self._advance(sb)
+
+    def _announce(self, event: str, fields: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            self.on_event(event, fields, self.clock.time())
 
     def _notify_left_started(self, sandbox_id: str) -> None:
         if self.on_leave_started is not None:

@@ -25,6 +25,7 @@ from .records import ApiError
 from .store import SandboxStore
 from .timings import Timings
 from .toolbox import build_toolbox_app
+from .webhooks import WebhookSender
 
 MAX_RECORDED_REQUESTS = 50_000
 LISTEN_BACKLOG = 512
@@ -82,6 +83,9 @@ class FakeDaytona:
         self.rate_limits = RateLimiter(self.clock.time)
         self.create_answer_after_hold = "current"  # or "as_created" (see api.create_sandbox)
         self.store.on_leave_started = self._on_leave_started
+        # Svix-signed webhooks to the endpoints subscribed (see .webhooks).
+        self.webhooks = WebhookSender()
+        self.store.on_event = self.webhooks.emit
         self.ptys = PtyManager(now=self.clock.time)
         self.activity = self.store.activity
         # Browsers see Daytona's warning page before a preview (organisations can turn it off).
@@ -228,6 +232,7 @@ class FakeDaytona:
         finally:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(STOP_TIMEOUT_SECONDS)
+            self.webhooks.close()
             self._thread = None
             self._loop = None
 
@@ -423,6 +428,7 @@ class FakeDaytona:
     def reset(self) -> None:
         """Forget all sandboxes, built images, faults, counters (rate limits' too), tokens and
         clock offset; kill all shells. Settings (timings, limits, failing builds) stay."""
+        self.webhooks.reset()
         self.store.reset()
         self.ptys.kill_all()
         self.faults.clear()

@@ -12,6 +12,7 @@ import asyncssh
 from django.db import connections
 
 from sandboxes import services
+from sandboxes.services import ledger
 
 from .activity import ActivityClock
 from .forwarding import ChannelSide, check_destination, open_forward
@@ -25,6 +26,7 @@ from .messages import (
     THROTTLED_MESSAGE,
     TOO_MANY_CHANNELS,
     UNAVAILABLE_MESSAGE,
+    WITHDRAWN_MESSAGE,
 )
 from .sessions import SandboxSession, refuse_forwarding_requests
 from .throttle import blocked_for, note_failure
@@ -41,6 +43,7 @@ REFUSALS = {
 ENDINGS = {
     services.SshRefusal.REVOKED: REVOKED_MESSAGE,
     services.SshRefusal.STOPPED: ENDED_STOPPED_MESSAGE,
+    services.SshRefusal.WITHDRAWN: WITHDRAWN_MESSAGE,
 }
 
 
@@ -69,6 +72,41 @@ def throttled_check(token: str, address: str) -> tuple[services.SshTokenCheck | 
     return check, 0.0
 
 
+def open_session(target: services.SshTarget, token: str, address: str | None) -> str | None:
+    """The access ledger's grant of an accepted connection (its public id), or None when it
+    could not be written. Blocking (short queries)."""
+    try:
+        return ledger.ssh_session_opened(
+            provider=target.provider, remote_id=target.remote_id, token=token, client_address=address
+        )
+    except Exception:  # the ledger is a record; the connection goes on without its entry
+        log.exception("could not record an SSH connection to sandbox %s", target.remote_id)
+        return None
+    finally:
+        connections.close_all()
+
+
+def close_session(grant_id: str) -> None:
+    try:
+        ledger.ssh_session_closed(public_id=grant_id)
+    except Exception:
+        log.exception("could not record the end of an SSH connection")
+    finally:
+        connections.close_all()
+
+
+def withdrawn(grant_ids: set[str]) -> set[str]:
+    """Which of these connections' grants were revoked in the access ledger (one query); none
+    when the database cannot be asked. Blocking."""
+    try:
+        return ledger.ssh_sessions_revoked(grant_ids)
+    except Exception:
+        log.warning("could not check the SSH connections in the access ledger", exc_info=True)
+        return set()
+    finally:
+        connections.close_all()
+
+
 class GatewayConnection(asyncssh.SSHServer):
     """Authenticates by token (the SSH user name), then opens sessions and forwards in that
     sandbox. The token stays in memory, for :meth:`SshGateway.check_connections
@@ -81,6 +119,7 @@ class GatewayConnection(asyncssh.SSHServer):
         self.token: str | None = None
         self.expires_at: datetime | None = None
         self.label = ""
+        self.grant_id: str | None = None  # the connection's entry in the access ledger
         self.activity: ActivityClock | None = None
         self.forwards: set[ChannelSide] = set()
         self._channels = 0
@@ -98,6 +137,8 @@ class GatewayConnection(asyncssh.SSHServer):
         self.gateway.clients.discard(self)
         for forward in list(self.forwards):
             forward.close()
+        if self.grant_id is not None:
+            self.gateway.run_blocking(close_session, self.grant_id)
 
     async def begin_auth(self, username: str) -> bool:
         self.label = token_digest(username)
@@ -111,6 +152,7 @@ class GatewayConnection(asyncssh.SSHServer):
             raise asyncssh.PermissionDenied(REFUSALS[check.refusal])
         self.target, self.token, self.expires_at = check.target, username, check.expires_at
         self.activity = ActivityClock(self.gateway, check.target)
+        self.grant_id = await asyncio.to_thread(open_session, check.target, username, peer and peer[0])
         log.info("ssh token %s from %s accepted for sandbox %s", self.label, peer and peer[0], check.target.remote_id)
         return False  # no further authentication: the token was the credential
 
@@ -193,6 +235,9 @@ class GatewayConnection(asyncssh.SSHServer):
     async def check_now(self) -> bool:
         """Check the token at once (a program was cut off: its sandbox may have stopped) and
         end the connection if it no longer holds; whether it was ended."""
+        if self.grant_id is not None and await asyncio.to_thread(withdrawn, {self.grant_id}):
+            self.end(services.SshRefusal.WITHDRAWN)
+            return True
         refusal = await asyncio.to_thread(
             services.ssh_connection_check, token=self.token, target=self.target, expires_at=self.expires_at
         )

@@ -19,6 +19,10 @@ REVOKED_MESSAGE = (
     "This access token was revoked (the portal handed out a newer SSH command), so the connection "
     "was closed. Open the portal to get the new command."
 )
+WITHDRAWN_MESSAGE = (
+    "Access to this connection was revoked in the portal, so the connection was closed. "
+    "Open the portal to get a new SSH command."
+)
 ENDED_STOPPED_MESSAGE = "Your sandbox stopped, so the connection was closed. Open the portal to resume it."
 SHUTDOWN_MESSAGE = "The SSH gateway is shutting down."
 

@@ -9,7 +9,7 @@ import asyncssh
 
 from sandboxes import services
 
-from .connection import GatewayConnection
+from .connection import GatewayConnection, withdrawn
 from .messages import SHUTDOWN_MESSAGE
 
 log = logging.getLogger(__name__)
@@ -23,7 +23,8 @@ class SshGateway:
     Every ``check_interval`` seconds the token of each open connection is checked again
     (:func:`services.ssh_connection_check`), so that a revoked token, or a sandbox stopped or
     deleted, ends its connections (sessions, commands, file transfers, forwards) within a few
-    seconds, with a message saying why.
+    seconds, with a message saying why; so does a connection revoked in the access ledger (it,
+    or its token: one query for every open connection).
     """
 
     def __init__(self, *, host_key: asyncssh.SSHKey, bind: str, port: int, check_interval: float = CHECK_INTERVAL):
@@ -91,16 +92,18 @@ class SshGateway:
         checks = {client.token: (client.target, client.expires_at) for client in clients}
         if not checks:
             return
+        grant_ids = {client.grant_id for client in clients if client.grant_id is not None}
 
-        def check_all() -> dict[str, services.SshRefusal | None]:
-            return {
+        def check_all() -> tuple[set[str], dict[str, services.SshRefusal | None]]:
+            revoked = withdrawn(grant_ids) if grant_ids else set()
+            return revoked, {
                 token: services.ssh_connection_check(token=token, target=target, expires_at=expires_at)
                 for token, (target, expires_at) in checks.items()
             }
 
-        verdicts = await asyncio.to_thread(check_all)
+        revoked, verdicts = await asyncio.to_thread(check_all)
         for client in clients:
-            refusal = verdicts.get(client.token)
+            refusal = services.SshRefusal.WITHDRAWN if client.grant_id in revoked else verdicts.get(client.token)
             if refusal is not None:
                 client.end(refusal)
 

@@ -80,6 +80,7 @@ class DaytonaProvider(Toolbox, SandboxProvider):
     """Daytona sandboxes. One SDK client per instance, built on first use; thread-safe."""
 
     name = "daytona"
+    home_directory = "/home/daytona"
     # Daytona's SSH gateway and preview proxy are its own doors: their use shows only in its
     # lastActivityAt, which the portal's own toolbox traffic leaves alone (see _connect).
     capabilities = frozenset({Capability.OUTSIDE_ACTIVITY})
@@ -236,6 +237,11 @@ class DaytonaProvider(Toolbox, SandboxProvider):
             lambda: self._revoke_ssh_tokens(remote_id),
             *(lambda link=link: self._expire_link(remote_id, link, preview_port) for link in links),
         )
+
+    def expire_links(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
+        calls = [lambda link=link: self._expire_link(remote_id, link, preview_port) for link in links]
+        if calls:
+            self._run_concurrently(*calls)
 
     def refresh_activity(self, remote_id: str) -> None:
         self._call(

@@ -62,6 +62,10 @@ class LocalAccess:
             if exc.kind is not ErrorKind.NOT_FOUND:
                 raise
 
+    def expire_links(self, remote_id: str, *, preview_port: int, links: list[SignedLink]) -> None:
+        """Nothing to do: local links carry no token (they are the portal's own pages, which
+        check the owner themselves)."""
+
     def resolve_ssh_token(self, token: str) -> str | None:
         """The id of the running sandbox this SSH token opens; None when the token is unknown,
         expired, revoked, or its sandbox is not running."""

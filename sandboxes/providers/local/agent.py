@@ -41,12 +41,15 @@ reply, ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}`
 ``status``     reply ``{"sessions": [ids], "processes": [ids], "last_activity": epoch,
                "auto_stop": seconds, "disk_used": bytes|null}``; closed.
 ``touch``      counts as activity (resets the idle timer); closed.
-``terminal``   ``{"session", "cols", "rows", "argv"?}``: attach to the PTY session, creating it
-               (a login shell unless ``argv`` is given); reply ``{"created": bool}``. Then ``d``,
-               ``r`` and ``k`` frames from the client, ``d`` frames and one final ``x`` frame
-               from the agent. Closing the connection detaches; the session keeps running and
-               its output meanwhile is discarded (no scrollback). Several attachments to one
-               session all see its output.
+``terminal``   ``{"session", "cols", "rows", "argv"?, "scrollback"?}``: attach to the PTY
+               session, creating it (a login shell unless ``argv`` is given, keeping its last
+               ``scrollback`` bytes of output, default :data:`SCROLLBACK`); reply ``{"created":
+               bool}``. Then the session's scrollback as one ``d`` frame (none when empty),
+               then ``d``, ``r`` and ``k`` frames from the client, ``d`` frames and one final
+               ``x`` frame from the agent. Closing the connection detaches; the session keeps
+               running and its output meanwhile still goes to its scrollback, so the next
+               attachment sees the last of it first (from the start of a line where possible).
+               Several attachments to one session all see its output.
 ``relay``      ``{"port"}``: connect to ``127.0.0.1:port`` (then ``[::1]:port``) inside the
                sandbox; error ``refused`` when nothing listens. Then raw bytes both ways until
                both sides have closed; a half-close is passed on.
@@ -104,6 +107,8 @@ MAX_REQUEST = 1 << 16
 MAX_FRAME = 1 << 20
 EXEC_OUTPUT_CAP = 8 << 20
 MAX_SESSIONS = 64
+SCROLLBACK = 1 << 16  # recent output a PTY session keeps for its next attachment
+MAX_SCROLLBACK = 1 << 20
 MAX_PROCESSES = 64
 KILL_GRACE = 1.0
 EXEC_DRAIN = 0.2  # after a command exits, how long its output pipes may stay open
@@ -406,13 +411,46 @@ class Attachment(Endpoint):
         self.session.resume_if_drained()
 
 
+class Scrollback:
+    """The last ``limit`` bytes a PTY session printed, whether anyone was attached or not."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.data = bytearray()
+        self.trimmed = False
+
+    def add(self, data: bytes) -> None:
+        if not self.limit:
+            return
+        self.data += data
+        excess = len(self.data) - self.limit
+        if excess > 0:
+            del self.data[:excess]
+            self.trimmed = True
+
+    def replay(self) -> bytes:
+        """What a new attachment is shown first: the kept bytes, from the first line that is
+        kept whole (or at least from a character boundary)."""
+        data = self.data
+        start = 0
+        if self.trimmed:
+            newline = data.find(b"\n", 0, len(data) // 2)
+            if newline >= 0:
+                start = newline + 1
+            else:
+                while start < len(data) and 0x80 <= data[start] < 0xC0:  # inside a UTF-8 character
+                    start += 1
+        return bytes(data[start:])
+
+
 class Session(Endpoint):
     """A PTY with a login shell (or a given command) in its own session."""
 
-    def __init__(self, agent: Agent, session_id: str, argv: list[str], cols: int, rows: int):
+    def __init__(self, agent: Agent, session_id: str, argv: list[str], cols: int, rows: int, scrollback: int):
         self.agent = agent
         self.id = session_id
         self.attachments: set[Attachment] = set()
+        self.scrollback = Scrollback(scrollback)
         self.ended = False
         env = dict(agent.env, TERM="xterm-256color")
         pid, fd = pty.fork()
@@ -423,6 +461,9 @@ class Session(Endpoint):
         agent.children[pid] = self
 
     def attach(self, channel: Channel, rest: bytes) -> None:
+        replay = self.scrollback.replay()
+        if replay:
+            channel.write(frame(DATA, replay))
         attachment = Attachment(self, channel)
         self.attachments.add(attachment)
         if rest:
@@ -456,8 +497,9 @@ class Session(Endpoint):
                 pass
 
     def broadcast(self, data: bytes) -> None:
+        self.scrollback.add(data)
         if not self.attachments:
-            return  # nobody is looking: the output is dropped, as on a terminal nobody reads
+            return  # nobody is looking: the scrollback alone keeps it
         message = frame(DATA, data)
         for attachment in list(self.attachments):
             attachment.channel.write(message)
@@ -983,7 +1025,8 @@ class Agent:
             argv = request.get("argv") or LOGIN_SHELL
             if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
                 raise ValueError("argv must be a list of strings")
-            session = Session(self, session_id, argv, cols, rows)
+            scrollback = min(max(int(request.get("scrollback", SCROLLBACK)), 0), MAX_SCROLLBACK)
+            session = Session(self, session_id, argv, cols, rows, scrollback)
             self.sessions[session_id] = session
         else:
             session.resize(cols, rows)

@@ -144,7 +144,12 @@ class LocalTerminal(_AgentStream, TerminalSession):
 
     Output arrives in frames of up to 64 KiB; :meth:`read` parses every complete frame it has
     received and returns their bytes joined, so bulk output costs one call per large read.
+
+    The agent reads every PTY all the time and keeps each session's recent output, attached or
+    not: the first bytes read from a new attachment are that scrollback (``replays_output``).
     """
+
+    replays_output = True
 
     def __init__(self, sock: socket.socket, session_id: str, *, created: bool):
         super().__init__(sock)
@@ -287,13 +292,22 @@ def agent_status(socket_path: Path) -> dict | None:
 
 
 def attach_terminal(
-    socket_path: Path, session_id: str, *, cols: int, rows: int, command: list[str] | None = None
+    socket_path: Path,
+    session_id: str,
+    *,
+    cols: int,
+    rows: int,
+    command: list[str] | None = None,
+    scrollback: int | None = None,
 ) -> LocalTerminal:
     """Attach to the agent's PTY session ``session_id``, creating it (running ``command``
-    instead of the login shell when given)."""
+    instead of the login shell when given, keeping the last ``scrollback`` bytes of its output
+    for the next attachment: by default the agent's :data:`~.agent.SCROLLBACK`)."""
     message = {"op": "terminal", "session": session_id, "cols": cols, "rows": rows}
     if command:
         message["argv"] = list(command)
+    if scrollback is not None:
+        message["scrollback"] = int(scrollback)
     reply, sock = request(socket_path, message, timeout=AGENT_TIMEOUT, keep=True)
     sock.settimeout(None)
     return LocalTerminal(sock, session_id, created=bool(reply.get("created")))

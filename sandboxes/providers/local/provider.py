@@ -62,6 +62,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
     share one root."""
 
     name = "local"
+    home_directory = "/home/sandbox"
     capabilities = frozenset(
         {Capability.TERMINAL_COMMAND, Capability.PREVIEW_RELAY, Capability.SSH_GATEWAY, Capability.PROCESS}
     )
@@ -82,6 +83,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
         disk_check_seconds: float = 120.0,
         uid_registry: Path | str = DEFAULT_REGISTRY,
         pty_sessions: int = protocol.MAX_SESSIONS,
+        scrollback_bytes: int | None = None,
     ):
         self.root = Path(root).absolute()
         self.ssh_host = ssh_host
@@ -93,6 +95,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
         self.tmp_size = int(tmp_size_mb) << 20
         self.stop_grace = float(stop_grace)
         self.disk_check_seconds = float(disk_check_seconds)
+        self.scrollback_bytes = scrollback_bytes
         self.cgroups = Cgroups(cgroup_parent)
         self.own_uids = os.geteuid() == 0
         self.store = Store(self.root)
@@ -127,6 +130,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
             cgroup_parent=settings.SANDBOX_LOCAL_CGROUP_PARENT,
             uid_registry=settings.SANDBOX_LOCAL_UID_REGISTRY,
             pty_sessions=settings.SANDBOX_LOCAL_PTY_SESSIONS,
+            scrollback_bytes=settings.SANDBOX_TERMINAL_SCROLLBACK_BYTES,
         )
 
     def _claim_existing(self) -> None:
@@ -316,7 +320,12 @@ class LocalProvider(LocalAccess, SandboxProvider):
             raise ProviderError("Terminal session ids are 1 to 64 letters, digits or dashes.", kind=ErrorKind.REJECTED)
         sandbox_id = self._running(remote_id)
         return agent_client.attach_terminal(
-            self.store.socket_path(sandbox_id), session_id, cols=cols, rows=rows, command=command
+            self.store.socket_path(sandbox_id),
+            session_id,
+            cols=cols,
+            rows=rows,
+            command=command,
+            scrollback=self.scrollback_bytes,
         )
 
     def end_terminal(self, remote_id: str, session_id: str) -> None:

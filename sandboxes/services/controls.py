@@ -1,0 +1,52 @@
+"""What owners do to their own sandbox from the dashboard: stop it now, restart it, reset it.
+
+Each is the operators' service (stop, delete) with the owner as the actor, followed by a launch
+where the sandbox is to run again; the launch's own rules (rate, caps, row lock) apply.
+"""
+
+from __future__ import annotations
+
+from sandboxes.models import AuditEvent, Sandbox
+
+from .errors import SandboxError
+from .launch import Launch, sandbox_launch
+from .lifecycle import sandbox_delete, sandbox_stop
+from .live import sandbox_changed
+from .rows import Actor, audit
+
+STOPPED_BY_OWNER = "stopped by its owner"
+
+
+def sandbox_stop_own(*, sandbox: Sandbox, user) -> Sandbox:
+    """The owner stops their sandbox now (files kept, access revoked); a sandbox at rest is
+    left as it is."""
+    sandbox_stop(sandbox=sandbox, actor_type=Actor.USER, actor=user, reason=STOPPED_BY_OWNER)
+    return sandbox
+
+
+def sandbox_restart(*, sandbox: Sandbox, user) -> Launch:
+    """Stop the sandbox (when it runs) and start it again: a fresh boot with the same files and
+    new access. Returns the launch, which may still be starting (``Launch.ready`` False)."""
+    sandbox_stop(sandbox=sandbox, actor_type=Actor.USER, actor=user, reason="restarted by its owner")
+    if sandbox.is_transitioning:
+        raise SandboxError(
+            "still_stopping", "Your sandbox is still stopping; try again in a few seconds.", status=409, retry_after=5
+        )
+    return sandbox_launch(user=user)
+
+
+def sandbox_reset(*, sandbox: Sandbox, user, confirm: str) -> Launch:
+    """Delete the remote sandbox with every file in it and create a new one. ``confirm`` must
+    be the sandbox's name, typed by the owner (``SandboxError("confirmation_mismatch")``, 400,
+    otherwise, and nothing is done). The row, the owner's preferences and the audit log stay."""
+    if confirm.strip() != sandbox.remote_name:
+        raise SandboxError(
+            "confirmation_mismatch",
+            f"Type the sandbox's name, {sandbox.remote_name}, to confirm that its files will be deleted.",
+            status=400,
+        )
+    sandbox_delete(sandbox=sandbox, actor_type=Actor.USER, actor=user, reason="reset by its owner")
+    Sandbox.objects.filter(pk=sandbox.pk).update(keep_awake_until=None, stop_warning_sent_for=None)
+    audit(sandbox, AuditEvent.Action.RESET, actor_type=Actor.USER, actor=user)
+    sandbox_changed(sandbox)
+    return sandbox_launch(user=user)
