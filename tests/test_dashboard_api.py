@@ -44,7 +44,7 @@ def test_the_dashboard_shows_state_access_editor_and_idle_settings(running, sett
     assert stop_at - warn_at == timedelta(minutes=settings.SANDBOX_IDLE_WARNING_MINUTES)
     token = body["access"]["ssh"]["token"]
     editor = body["editor"]
-    assert editor["hostAlias"] == f"joepro-{sandbox.remote_name}"
+    assert editor["hostAlias"] == sandbox.remote_name
     assert f"Host {editor['hostAlias']}\n" in editor["sshConfig"]
     assert f"User {token}\n" in editor["sshConfig"]
     assert f"Port {body['access']['ssh']['port']}\n" in editor["sshConfig"]

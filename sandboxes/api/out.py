@@ -12,8 +12,6 @@ from django.utils import timezone
 from sandboxes import services
 from sandboxes.models import AccessGrant, Sandbox
 
-EDITOR_HOST_PREFIX = "joepro-"
-
 
 def sandbox_out(sandbox: Sandbox) -> dict:
     """The API's ``sandbox`` object (:class:`SandboxOut`)."""
@@ -69,7 +67,7 @@ def editor_out(sandbox: Sandbox, access) -> dict:
     """The ``editor`` object: an ``~/.ssh/config`` entry for the sandbox (its user is the SSH
     token, so it works until the token expires) and a VS Code Remote-SSH link to that entry."""
     ssh = access.ssh
-    alias = EDITOR_HOST_PREFIX + sandbox.remote_name
+    alias = sandbox.remote_name  # "<deployment>-user-<n>": one name per sandbox of this deployment
     lines = [
         f"Host {alias}",
         f"    HostName {ssh.host}",
