@@ -23,13 +23,18 @@ def parse_duration(text: str) -> timedelta:
 
 
 def format_duration(delta: timedelta, *, style: str = "short") -> str:
-    """Whole minutes (a negative duration counts as zero), in one of three looks:
+    """Whole minutes (a negative duration counts as zero), in one of four looks:
 
     - ``short``: ``2h``, ``1h05m``, ``45m`` (in sentences);
     - ``fixed``: ``2h00m``, ``1h05m``, ``0h45m`` (columns that line up);
-    - ``spaced``: ``2h 00m``, ``1h 05m``, ``45m`` (the admin's tables).
+    - ``spaced``: ``2h 00m``, ``1h 05m``, ``45m`` (the admin's tables);
+    - ``words``: ``2 h``, ``1 h 5 min``, ``45 min`` (what users read: the timeline, emails).
     """
     hours, minutes = divmod(max(0, int(delta.total_seconds() // 60)), 60)
+    if style == "words":
+        if hours and minutes:
+            return f"{hours} h {minutes} min"
+        return f"{hours} h" if hours else f"{minutes} min"
     if style == "fixed":
         return f"{hours}h{minutes:02d}m"
     if not hours:

@@ -73,7 +73,7 @@ def sandbox_record_activity(
     refresh_every = settings.SANDBOX_ACTIVITY_REFRESH_MINUTES * 60
     refresh_due = sandbox.is_running and sandbox.remote_id
     if refresh_due and cache.add(f"sandbox-activity-refresh:{sandbox.pk}", 1, refresh_every):
-        transaction.on_commit(partial(_enqueue_activity_refresh, sandbox.pk))
+        _enqueue_after_commit(REFRESH_TASK, sandbox.pk)
     return bool(written)
 
 
@@ -92,26 +92,26 @@ def sandbox_extend(*, sandbox: Sandbox, minutes: int | None = None, actor=None, 
     now = now or timezone.now()
     if not sandbox.is_running:
         raise SandboxError("not_running", "Your sandbox is not running; open it to start it again.")
+    # The row lock's end saves the row and tells the owner's pages.
     with locked_for_action(sandbox) as row:
-        if minutes is not None and row.is_running:
+        if not row.is_running:  # stopped meanwhile
+            pass
+        elif minutes is None:
+            sandbox_record_activity(sandbox=row, source=ActivitySource.EXTEND, now=now, always=True)
+        else:
             cap = now + timedelta(minutes=settings.SANDBOX_EXTEND_MAX_MINUTES)
-            until = min(max(row.idle_deadline, now) + timedelta(minutes=minutes), cap)
-            row.keep_awake_until = until
-            row.save(update_fields=["keep_awake_until"])
+            row.keep_awake_until = min(max(row.idle_deadline, now) + timedelta(minutes=minutes), cap)
             audit(
                 row,
                 AuditEvent.Action.EXTEND,
                 actor_type=Actor.USER,
                 actor=actor or row.user,
                 minutes=minutes,
-                until=until.isoformat(),
+                until=row.keep_awake_until.isoformat(),
             )
-        if minutes is None and row.is_running:
-            sandbox_record_activity(sandbox=row, source=ActivitySource.EXTEND, now=now, always=True)
     sandbox.refresh_from_db()
     if minutes is not None:
-        _enqueue_backstop(sandbox)
-    sandbox_changed(sandbox)
+        _enqueue_after_commit(BACKSTOP_TASK, sandbox.pk)
     return sandbox
 
 
@@ -133,13 +133,10 @@ def sandbox_set_preferences(*, sandbox: Sandbox, idle_minutes: int | None, warn_
         row.idle_minutes, row.warn_by_email = idle_minutes, warn_by_email
         after = {"idle_minutes": row.idle_minutes, "warn_by_email": row.warn_by_email}
         if after != before:
-            row.save(update_fields=["idle_minutes", "warn_by_email"])
             audit(row, AuditEvent.Action.SETTINGS, actor_type=Actor.USER, actor=actor or row.user, **after)
     sandbox.refresh_from_db()
-    if after != before:
-        if after["idle_minutes"] != before["idle_minutes"]:
-            _enqueue_backstop(sandbox)
-        sandbox_changed(sandbox)
+    if after["idle_minutes"] != before["idle_minutes"]:
+        _enqueue_after_commit(BACKSTOP_TASK, sandbox.pk)
     return sandbox
 
 
@@ -198,22 +195,19 @@ def sandbox_apply_backstop(*, sandbox: Sandbox) -> bool:
     return True
 
 
-def _enqueue_backstop(sandbox: Sandbox) -> None:
-    def enqueue():
-        try:
-            current_app.tasks[BACKSTOP_TASK].delay(sandbox.pk)
-        except Exception:  # the broker is down: the next reconcile sets it
-            log.warning("could not enqueue the backstop of sandbox %s", sandbox.pk, exc_info=True)
-
-    transaction.on_commit(enqueue)
+def _enqueue_after_commit(task_name: str, sandbox_id: int) -> None:
+    """Enqueue the task for the sandbox once the transaction commits (at once outside one). By
+    name: the tasks call the services, never the other way round."""
+    transaction.on_commit(partial(_enqueue, task_name, sandbox_id))
 
 
-def _enqueue_activity_refresh(sandbox_id: int) -> None:
-    # By name: the tasks call the services, never the other way round.
+def _enqueue(task_name: str, sandbox_id: int) -> None:
     try:
-        current_app.tasks[REFRESH_TASK].delay(sandbox_id)
-    except Exception:  # the broker is down: the provider's backstop auto-stop is long enough
-        log.warning("could not enqueue the activity refresh of sandbox %s", sandbox_id, exc_info=True)
+        current_app.tasks[task_name].delay(sandbox_id)
+    except Exception:
+        # The broker is down: the provider keeps the idle stop and timer it had, a backstop
+        # only; the portal's own idle policy does not depend on them.
+        log.warning("could not enqueue %s for sandbox %s", task_name, sandbox_id, exc_info=True)
 
 
 @provider_failures_as_sandbox_errors

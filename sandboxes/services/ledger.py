@@ -102,11 +102,10 @@ def _terminal_session_ids(sandbox: Sandbox) -> list[str]:
 @provider_failures_as_sandbox_errors
 def access_revoke(*, sandbox: Sandbox, public_id: str, actor, now: datetime | None = None) -> AccessGrant:
     """Revoke one grant of this sandbox and end what it stands for (see the module docstring);
-    the live sessions opened with a revoked SSH token are revoked with it. A grant that is no
-    longer live is returned as it is. ``SandboxError("not_found", status=404)`` when
-    ``public_id`` names no grant of this sandbox; a provider failure is raised as
-    ``SandboxError`` and leaves the grant live. A grant that is not active (ended, revoked,
-    expired) is returned as it is."""
+    the live sessions opened with a revoked SSH token are revoked with it. A grant that is not
+    active (ended, revoked, expired) is returned as it is. ``SandboxError("not_found",
+    status=404)`` when ``public_id`` names no grant of this sandbox; a provider failure is
+    raised as ``SandboxError`` and leaves the grant live."""
     now = now or timezone.now()
     grant = AccessGrant.objects.filter(sandbox=sandbox, public_id=public_id).first() if public_id else None
     if grant is None:

@@ -15,6 +15,7 @@ from django.conf import settings
 from django.core.cache import cache
 from django.utils import timezone
 
+from sandboxes.durations import format_duration
 from sandboxes.models import AccessGrant, ActivityMark, ActivitySource, AuditEvent, Sandbox, SandboxState
 
 Action = AuditEvent.Action
@@ -169,7 +170,10 @@ def describe_event(event: AuditEvent) -> TimelineEntry | None:
         if actor == "system" and "idle" in reason.lower():
             idle_seconds = detail.get("idle_seconds")
             if isinstance(idle_seconds, int):
-                return entry("idle-stopped", f"Stopped: idle for {human_duration(timedelta(seconds=idle_seconds))}")
+                return entry(
+                    "idle-stopped",
+                    f"Stopped: idle for {format_duration(timedelta(seconds=idle_seconds), style='words')}",
+                )
             return entry("idle-stopped", _with_reason("Stopped", reason))
         if actor == "system":
             return entry("stopped", _with_reason("Stopped", reason))
@@ -219,7 +223,7 @@ def _extension_text(detail: dict) -> str:
     minutes = detail.get("minutes")
     until = _moment(detail.get("until") or detail.get("keep_awake_until"))
     if isinstance(minutes, int) and minutes > 0:
-        text = f"Extended by {human_duration(timedelta(minutes=minutes))}"
+        text = f"Extended by {format_duration(timedelta(minutes=minutes), style='words')}"
         return f"{text}, until {clock(until)}" if until else text
     if until:
         return f"Extended until {clock(until)}"
@@ -241,9 +245,9 @@ def _settings_text(detail: dict) -> str:
     if "idle_minutes" in detail:
         minutes = detail["idle_minutes"]
         if isinstance(minutes, int) and minutes > 0:
-            changes.append(f"idle period {human_duration(timedelta(minutes=minutes))}")
+            changes.append(f"idle period {format_duration(timedelta(minutes=minutes), style='words')}")
         else:
-            default = human_duration(timedelta(minutes=settings.SANDBOX_IDLE_MINUTES))
+            default = format_duration(timedelta(minutes=settings.SANDBOX_IDLE_MINUTES), style="words")
             changes.append(f"idle period back to the default ({default})")
     if "warn_by_email" in detail:
         changes.append("email before the idle stop " + ("on" if detail["warn_by_email"] else "off"))
@@ -308,11 +312,3 @@ def _hhmm(moment: datetime) -> str:
 def clock(moment: datetime) -> str:
     """A moment as the timeline and the warning email write it: ``15:32 UTC``."""
     return f"{_hhmm(moment)} UTC"
-
-
-def human_duration(delta: timedelta) -> str:
-    """Whole minutes in words: ``2 h``, ``1 h 30 min``, ``45 min`` (a negative one is ``0 min``)."""
-    hours, minutes = divmod(max(0, int(delta.total_seconds() // 60)), 60)
-    if hours and minutes:
-        return f"{hours} h {minutes} min"
-    return f"{hours} h" if hours else f"{minutes} min"

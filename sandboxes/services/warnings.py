@@ -15,12 +15,13 @@ from django.core.mail import EmailMultiAlternatives
 from django.db import transaction
 from django.template.loader import render_to_string
 
+from sandboxes.durations import format_duration
 from sandboxes.models import AuditEvent, Sandbox, SandboxState
 
 from .live import sandbox_changed
 from .locks import exclusive_lock
 from .rows import Actor, audit
-from .timeline import clock, human_duration
+from .timeline import clock
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def stop_warning_email(sandbox: Sandbox, deadline: datetime, now: datetime) -> E
     context = {
         "sandbox_name": sandbox.remote_name,
         "stops_at": clock(deadline),
-        "stops_in": human_duration(deadline - now + timedelta(seconds=59)),
-        "idle_period": human_duration(sandbox.idle_period),
+        "stops_in": format_duration(deadline - now + timedelta(seconds=59), style="words"),
+        "idle_period": format_duration(sandbox.idle_period, style="words"),
         "dashboard_url": settings.PORTAL_URL.rstrip("/") + DASHBOARD_PATH,
     }
     subject = " ".join(render_to_string("sandboxes/email/stop_warning_subject.txt", context).split())
