@@ -9,7 +9,8 @@ COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt
 
 COPY --chown=portal:portal . .
-RUN mkdir -p var && chown portal:portal var \
+# var/metrics: the mount point of docker-compose's metrics volume, which takes its owner from here.
+RUN mkdir -p var/metrics && chown portal:portal var var/metrics \
  && DJANGO_SECRET_KEY=build-only DAYTONA_API_KEY=build-only python manage.py collectstatic --no-input
 
 USER portal

@@ -12,6 +12,7 @@ from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from joepro.logging import RedactSecrets  # noqa: E402
+from joepro.request_context import ConnectionContext, UserContext  # noqa: E402
 from sandboxes.origins import ExactOriginValidator  # noqa: E402
 from sandboxes.preview.hosts import host_of, parse_host  # noqa: E402
 from sandboxes.preview.relay import PreviewRelay  # noqa: E402
@@ -35,17 +36,18 @@ class PreviewSites:
         return await self.portal(scope, receive, send)
 
 
-def build_application(http=None) -> PreviewSites:
+def build_application(http=None) -> ConnectionContext:
     """The whole ASGI application; ``http`` replaces the portal's Django handler (tests)."""
     portal = ProtocolTypeRouter(
         {
             "http": http or django_asgi_app,
             # Browsers send cookies on cross-site websocket upgrades too: only the portal's own
             # exact origin (or a trusted one) may open one, and the session says who it is.
-            "websocket": ExactOriginValidator(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": ExactOriginValidator(AuthMiddlewareStack(UserContext(URLRouter(websocket_urlpatterns)))),
         }
     )
-    return PreviewSites(portal=portal, relay=PreviewRelay())
+    # Every request and websocket gets its id before anything logs (see joepro.request_context).
+    return ConnectionContext(PreviewSites(portal=portal, relay=PreviewRelay()))
 
 
 application = build_application()

@@ -10,6 +10,7 @@ import os
 import secrets
 import stat
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 
 import environ
@@ -89,15 +90,19 @@ INSTALLED_APPS = [
     "allauth.socialaccount.providers.openid_connect",
     "accounts",
     "sandboxes",
+    "usage",
 ]
 
 MIDDLEWARE = [
+    "joepro.health.HealthMiddleware",  # /healthz, /readyz, /metrics: before the host check (see there)
     "django.middleware.security.SecurityMiddleware",
+    "joepro.request_context.RequestIdMiddleware",  # X-Request-ID, and the id on the request's log lines
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "joepro.request_context.UserIdMiddleware",  # the signed-in user's id on the request's log lines
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -348,7 +353,64 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": 60,
         "options": {"expires": 60},
     },
+    "roll-up-usage": {
+        "task": "usage.tasks.roll_up_usage",
+        "schedule": env.int("USAGE_ROLLUP_SECONDS", default=3600),
+        "options": {"expires": 3600},
+    },
+    "check-budgets": {
+        "task": "usage.tasks.check_budgets",
+        "schedule": env.int("BUDGET_CHECK_SECONDS", default=60),
+        "options": {"expires": 60},
+    },
+    "sample-resources": {
+        "task": "usage.tasks.sample_resources",
+        "schedule": env.int("RESOURCE_SAMPLE_SECONDS", default=60),
+        "options": {"expires": 60},
+    },
 }
+
+# --- Usage, cost and budgets ----------------------------------------------------------------
+
+
+def _decimal(name: str, default: str | None) -> Decimal | None:
+    value = env.str(name, default=default)
+    return None if value is None else Decimal(value)
+
+
+# Rates default to Daytona's published prices (daytona.io/pricing, as summarised in December
+# 2026): $0.0504 per vCPU-hour, $0.0162 per GiB-hour of memory, $0.000108 per GiB-hour of disk
+# beyond 5 GiB free per sandbox. Compute is charged while a sandbox runs, disk while it exists
+# and is not archived. Check the vendor's page (or your contract) before showing them to users.
+USAGE_CURRENCY = env.str("USAGE_CURRENCY", default="USD")
+USAGE_RATE_VCPU_HOUR = _decimal("USAGE_RATE_VCPU_HOUR", "0.0504")
+USAGE_RATE_MEMORY_GIB_HOUR = _decimal("USAGE_RATE_MEMORY_GIB_HOUR", "0.0162")
+USAGE_RATE_DISK_GIB_HOUR = _decimal("USAGE_RATE_DISK_GIB_HOUR", "0.000108")
+USAGE_FREE_DISK_GIB = env.int("USAGE_FREE_DISK_GIB", default=5)
+# Everyone's monthly budget (in USAGE_CURRENCY) and running-hours cap; empty: none. Operators
+# override them per user in admin (Usage > Budgets).
+BUDGET_MONTHLY_COST = _decimal("BUDGET_MONTHLY_COST", None)
+BUDGET_MONTHLY_RUNNING_HOURS = env.int("BUDGET_MONTHLY_RUNNING_HOURS", default=None)
+# What happens at 100 %: "refuse" new starts, or "stop" the running sandbox after a warning of
+# BUDGET_STOP_GRACE_MINUTES (and refuse new starts too). Users are alerted at these percents.
+BUDGET_ACTION = env.str("BUDGET_ACTION", default="refuse")
+if BUDGET_ACTION not in ("refuse", "stop"):
+    raise ImproperlyConfigured(f"BUDGET_ACTION must be 'refuse' or 'stop', not {BUDGET_ACTION!r}.")
+BUDGET_STOP_GRACE_MINUTES = env.int("BUDGET_STOP_GRACE_MINUTES", default=10)
+BUDGET_ALERT_PERCENTS = [80, 100]
+# Memory and disk of running sandboxes: the owner is alerted at this percent of either.
+RESOURCE_ALERT_PERCENT = env.int("RESOURCE_ALERT_PERCENT", default=90)
+
+# --- Monitoring ------------------------------------------------------------------------------
+# /metrics (Prometheus) answers a bearer token, or clients in these networks; neither set: nobody.
+METRICS_TOKEN = env.str("METRICS_TOKEN", default="")
+METRICS_ALLOWED_NETWORKS = [
+    ipaddress.ip_network(network, strict=False) for network in env.list("METRICS_ALLOWED_NETWORKS", default=[])
+]
+# Users counted as active: a person used their sandbox within this many minutes.
+METRICS_ACTIVE_USER_MINUTES = env.int("METRICS_ACTIVE_USER_MINUTES", default=15)
+# Logs: "plain" lines or "json" (one object per line with request, user and sandbox ids).
+LOG_FORMAT = env.str("LOG_FORMAT", default="plain")
 
 # --- Sandboxes -----------------------------------------------------------------------------
 DAYTONA_API_KEY = env.str("DAYTONA_API_KEY", default="")
@@ -445,11 +507,21 @@ SANDBOX_STOP_CONCURRENCY = env.int("SANDBOX_STOP_CONCURRENCY", default=64)
 SANDBOX_SSH_BIND = env.str("SANDBOX_SSH_BIND", default="127.0.0.1")
 SANDBOX_SSH_HOST_KEY = BASE_DIR / env.str("SANDBOX_SSH_HOST_KEY", default="var/ssh_host_ed25519_key")
 
+# Console lines, plain or JSON (LOG_FORMAT), redacted and with the request, user and sandbox ids
+# (joepro/logging.py). Uvicorn's own loggers write through the same handler once the app loads,
+# and Celery's worker and beat use this configuration too (joepro/celery.py).
+if LOG_FORMAT not in ("plain", "json"):
+    raise ImproperlyConfigured(f"LOG_FORMAT must be plain or json, not {LOG_FORMAT!r}")
+LOGGING_CONFIG = "joepro.logging.configure"  # dictConfig, and Python's warnings as log lines
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "filters": {"context": {"()": "joepro.logging.ContextFilter"}},
+    "formatters": {
+        "plain": {"()": "joepro.logging.PlainFormatter", "fmt": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "joepro.logging.JsonFormatter"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["context"]}},
     "root": {"handlers": ["console"], "level": env.str("LOG_LEVEL", default="INFO")},
     # httpx logs request URLs at INFO, and toolbox URLs carry sandbox ids and session names.
     "loggers": {
@@ -457,5 +529,8 @@ LOGGING = {
         "urllib3": {"level": "WARNING"},
         "httpx": {"level": "WARNING"},
         "httpcore": {"level": "WARNING"},
+        # No level: uvicorn's --log-level still applies.
+        "uvicorn": {"handlers": ["console"], "propagate": False},
+        "uvicorn.access": {"handlers": ["console"], "propagate": False},
     },
 }

@@ -14,6 +14,7 @@ urlpatterns = [
     path("", RedirectView.as_view(pattern_name="portal", permanent=False)),
     path("", include("sandboxes.urls")),
     path("accounts/", include("allauth.urls")),
+    path("admin/usage/", include("usage.urls")),
     path("admin/", admin.site.urls),
     path("api/", api.urls),
 ]

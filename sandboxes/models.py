@@ -97,6 +97,12 @@ class Sandbox(models.Model):
     def __str__(self) -> str:
         return self.remote_name
 
+    def save(self, *args, **kwargs):
+        super().save(*args, **kwargs)
+        changes = self.unrecorded_changes()
+        if changes:
+            StateChange.objects.bulk_create(changes)
+
     @property
     def is_running(self) -> bool:
         return self.state == SandboxState.STARTED
@@ -136,18 +142,77 @@ class Sandbox(models.Model):
             and (self.access_expires_at - now >= margin)
         )
 
-    def set_state(self, state: SandboxState, now: datetime) -> None:
+    def set_state(self, state: SandboxState, now: datetime, *, since: datetime | None = None) -> None:
+        """Move to ``state``, seen at ``now``. ``since``, where the provider says when the change
+        really happened, backdates it (never before the previous change, never after ``now``).
+        The change is kept for metering (:class:`StateChange`) when the row is saved."""
         if state != self.state:
+            at = now
+            if since is not None:
+                at = min(max(since, self.state_changed_at or since), now)
             self.state = state
-            self.state_changed_at = now
+            self.state_changed_at = at
             if state == SandboxState.STARTED:
-                self.last_started_at = now
+                self.last_started_at = at
             elif state in (SandboxState.STOPPED, SandboxState.ARCHIVED):
-                self.last_stopped_at = now
+                self.last_stopped_at = at
+            # The log keeps whole seconds, so metering adds them up exactly (usage.metering).
+            source = StateChange.Source.PROVIDER if at != now else StateChange.Source.PORTAL
+            self.__dict__.setdefault("_unrecorded_changes", []).append((state, at.replace(microsecond=0), source))
+
+    def unrecorded_changes(self) -> list[StateChange]:
+        """The state changes since the row was last saved, as unsaved log entries; taken once."""
+        pending = self.__dict__.pop("_unrecorded_changes", [])
+        return [
+            StateChange(
+                sandbox=self,
+                user_id=self.user_id,
+                sandbox_name=self.remote_name,
+                provider=self.provider,
+                state=state,
+                cpu=self.cpu,
+                memory_gb=self.memory_gb,
+                disk_gb=self.disk_gb,
+                at=at,
+                source=source,
+            )
+            for state, at, source in pending
+        ]
 
     def forget_access(self) -> None:
         self.access_ciphertext = None
         self.access_expires_at = None
+
+
+class StateChange(models.Model):
+    """The portal's record of a sandbox's states, one entry per change, at the moment it
+    happened: as the provider says where it says (a stop behind the portal's back, found by
+    reconcile or a webhook), else as the portal saw it. Written by ``Sandbox.save`` and
+    ``services.rows.save_changes``, never edited; metering integrates it (``usage.metering``).
+    Kept when the sandbox row goes, with its owner and name, so past usage stays billable."""
+
+    class Source(models.TextChoices):
+        PORTAL = "portal", "When the portal saw it"
+        PROVIDER = "provider", "When the provider says it happened"
+
+    sandbox = models.ForeignKey(Sandbox, on_delete=models.SET_NULL, null=True, related_name="state_changes")
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.SET_NULL, null=True, related_name="+")
+    sandbox_name = models.CharField(max_length=128)
+    provider = models.CharField(max_length=32)
+    state = models.CharField(max_length=16, choices=SandboxState.choices)
+    cpu = models.PositiveSmallIntegerField()
+    memory_gb = models.PositiveSmallIntegerField()
+    disk_gb = models.PositiveSmallIntegerField()
+    at = models.DateTimeField()
+    source = models.CharField(max_length=16, choices=Source.choices, default=Source.PORTAL)
+    recorded_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["at", "pk"]
+        indexes = [models.Index(fields=["sandbox_name", "at"]), models.Index(fields=["user", "at"])]
+
+    def __str__(self) -> str:
+        return f"{self.sandbox_name} {self.state} at {self.at:%Y-%m-%d %H:%M:%S}"
 
 
 class ActivitySource(models.TextChoices):

@@ -12,6 +12,8 @@ from __future__ import annotations
 from celery import shared_task
 from django.utils import timezone
 
+from joepro.request_context import sandbox_in_play
+
 from . import services
 from .models import Sandbox
 from .services.timeline import activity_marks_prune
@@ -59,7 +61,8 @@ def _on_sandbox(task, sandbox_id: int, service) -> bool:
     if sandbox is None:
         return False
     try:
-        return service(sandbox=sandbox)
+        with sandbox_in_play(sandbox_id):
+            return service(sandbox=sandbox)
     except services.SandboxError as exc:
         if not exc.retryable:
             raise

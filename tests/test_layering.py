@@ -12,9 +12,20 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("accounts", "joepro", "sandboxes")
+PACKAGES = ("accounts", "joepro", "sandboxes", "usage")
 PROVIDERS = "sandboxes.providers"
 SERVICES = "sandboxes.services"
+# The apps beside sandboxes/ have services of their own, which call sandboxes.services (and may
+# name the provider contract's types), and doors that call them.
+APP_SERVICES = (
+    "usage.metering",
+    "usage.cost",
+    "usage.rollup",
+    "usage.budgets",
+    "usage.budget_emails",
+    "usage.resources",
+    "usage.instruments",
+)
 DOORS = (
     "sandboxes.api",
     "sandboxes.views",
@@ -28,6 +39,14 @@ DOORS = (
     "sandboxes.local_only",
     "sandboxes.preview",
     "sandboxes.webhooks",
+    "usage.api",
+    "usage.admin",
+    "usage.tasks",
+    "usage.report",
+    "usage.chart",
+    "usage.urls",
+    "usage.metrics",
+    "joepro.health",
 )
 
 
@@ -51,12 +70,23 @@ MODULES = _modules()
 
 
 def _imports(name: str, path: Path) -> set[str]:
-    """Every module ``name`` imports, anywhere in it (functions included), as absolute names;
-    ``from package import submodule`` counts as importing the submodule only."""
+    """Every module ``name`` imports, anywhere in it (functions included, ``TYPE_CHECKING``
+    blocks not), as absolute names; ``from package import submodule`` counts as importing the
+    submodule only."""
     is_package = path.name == "__init__.py"
     here = name.split(".") if is_package else name.split(".")[:-1]
     imported = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+    tree = ast.parse(path.read_text(), str(path))
+    # Imports for type checkers only never run: they make no layer depend on another.
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING"
+        for inner in ast.walk(node)
+    }
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
         if isinstance(node, ast.Import):
             imported.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -89,7 +119,7 @@ def test_only_services_and_providers_import_the_providers():
     offenders = {
         name: sorted(module for module in imported if _within(module, [PROVIDERS]))
         for name, imported in IMPORTS.items()
-        if not _within(name, [PROVIDERS, SERVICES])
+        if not _within(name, [PROVIDERS, SERVICES, *APP_SERVICES])
     }
     assert {name: found for name, found in offenders.items() if found} == {}
 
@@ -104,7 +134,7 @@ def test_each_door_goes_through_the_services(door):
 
 def test_services_and_models_know_no_door():
     for name, imported in IMPORTS.items():
-        if _within(name, [SERVICES, "sandboxes.models", PROVIDERS]):
+        if _within(name, [SERVICES, *APP_SERVICES, "sandboxes.models", "usage.models", PROVIDERS]):
             doors = sorted(module for module in imported if _within(module, DOORS))
             assert doors == [], f"{name} imports {doors}"
     assert not any(_within(module, [SERVICES]) for module in IMPORTS["sandboxes.models"])

@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import os
 import re
-import signal
-import socket
 import subprocess
-import time
+from contextlib import ExitStack
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import pytest
-from django.db import connections
 
 from tests.conftest import make_user
+from tests.serve_fixtures import bin_serve
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -31,12 +28,6 @@ PER_ADDRESS = 10  # allauth's default: 10 failed sign-ins a minute per client ad
 TOO_MANY = re.compile(rb"Too many failed login attempts")
 
 pytestmark = pytest.mark.django_db(transaction=True)  # the server process reads committed rows
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -49,54 +40,24 @@ def static_root(tmp_path_factory) -> Path:
     return root
 
 
-def database_url() -> str:
-    """DATABASE_URL naming the test database the test process uses."""
-    parts = urlsplit(os.environ["DATABASE_URL"])
-    return urlunsplit(parts._replace(path="/" + connections["default"].settings_dict["NAME"]))
-
-
 @pytest.fixture
 def serve(transactional_db, static_root):
     """Starts ``bin/serve`` with ``TRUSTED_PROXIES``; yields the server's URL."""
-    started = []
+    with ExitStack() as servers:
 
-    def start(trusted_proxies: str) -> str:
-        port = free_port()
-        env = {
-            **os.environ,
-            "DATABASE_URL": database_url(),
-            "DJANGO_DEBUG": "false",
-            "DJANGO_SECURE_SSL_REDIRECT": "false",
-            "DJANGO_SECURE_COOKIES": "false",
-            "DJANGO_HSTS_SECONDS": "0",
-            "DJANGO_STATIC_ROOT": str(static_root),
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-            "TRUSTED_PROXIES": trusted_proxies,
-        }
-        server = subprocess.Popen(
-            [ROOT / "bin" / "serve"], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
-        )
-        started.append(server)
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            assert server.poll() is None, server.stdout.read().decode()
-            assert time.monotonic() < deadline, "bin/serve did not start"
-            try:
-                httpx.get(f"{url}/accounts/login/", timeout=2)
-                return url
-            except httpx.TransportError:
-                time.sleep(0.1)
+        def start(trusted_proxies: str) -> str:
+            served = servers.enter_context(
+                bin_serve(
+                    DJANGO_SECURE_SSL_REDIRECT="false",
+                    DJANGO_SECURE_COOKIES="false",
+                    DJANGO_HSTS_SECONDS="0",
+                    DJANGO_STATIC_ROOT=str(static_root),
+                    TRUSTED_PROXIES=trusted_proxies,
+                )
+            )
+            return served.url
 
-    yield start
-    for server in started:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(10)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
+        yield start
 
 
 def sign_in(url: str, email: str, password: str, *, forwarded_for: str | None) -> httpx.Response:

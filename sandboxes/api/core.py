@@ -56,10 +56,8 @@ api = NinjaAPI(
 RETRY_HINT_SECONDS = 5  # told to clients of a 429 or 503 when the service gave no hint
 
 
-def error_response(
-    status: int, code: str, message: str, *, retry_after: float | None = None, **detail: str
-) -> HttpResponse:
-    response = api.create_response(None, {"error": {"code": code, "message": message, **detail}}, status=status)
+def error_response(status: int, code: str, message: str, *, retry_after: float | None = None, **detail) -> HttpResponse:
+    response = api.create_response(None, {"error": {**detail, "code": code, "message": message}}, status=status)
     if retry_after is not None:
         response["Retry-After"] = str(max(1, math.ceil(retry_after)))
     return no_store(response)
@@ -70,7 +68,7 @@ def on_sandbox_error(request, exc: services.SandboxError):
     retry_after = exc.retry_after
     if retry_after is None and exc.status in (429, 503):
         retry_after = RETRY_HINT_SECONDS
-    return error_response(exc.status, exc.code, exc.message, retry_after=retry_after)
+    return error_response(exc.status, exc.code, exc.message, retry_after=retry_after, **(exc.detail or {}))
 
 
 @api.exception_handler(AuthenticationError)

@@ -20,9 +20,22 @@ class Resources(Schema):
     diskGb: int
 
 
+class BudgetRefusal(Schema):
+    """The monthly limit a ``budget_exceeded`` refusal is about: money as decimal strings in
+    ``currency`` (cost only), hours as decimal strings."""
+
+    limit: str
+    allowed: str
+    used: str
+    currency: str | None = None
+    resetsAt: str
+    action: str
+
+
 class ErrorDetail(Schema):
     code: str
     message: str
+    budget: BudgetRefusal | None = None
 
 
 class SandboxOut(Schema):

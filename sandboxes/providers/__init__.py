@@ -1,10 +1,16 @@
-"""Provider registry: one instance per provider name and process, built from settings."""
+"""Provider registry: one instance per provider name and process, built from settings, its
+calls timed for the metrics."""
 
 from __future__ import annotations
 
+import functools
 import threading
+import time
+from collections.abc import Iterator
 
 from django.conf import settings
+
+from usage.instruments import PROVIDER_CALL_DURATION
 
 from .base import Capability, ProviderError, SandboxProvider
 
@@ -18,6 +24,7 @@ __all__ = [
     "names_supporting",
     "provider_supports",
     "reset_providers",
+    "timed",
 ]
 
 PROVIDER_NAMES = ("daytona", "local")
@@ -48,8 +55,86 @@ def get_provider(name: str | None = None) -> SandboxProvider:
     name = name or settings.SANDBOX_PROVIDER
     with _lock:
         if name not in _instances:
-            _instances[name] = build_provider(name)
+            _instances[name] = timed(build_provider(name))
         return _instances[name]
+
+
+# --- call metrics -----------------------------------------------------------------------------
+
+# Methods of the contract that are not calls to a backend.
+UNTIMED = frozenset({"from_settings", "supports", "problems"})
+_in_call = threading.local()
+
+
+def contract_operations() -> list[str]:
+    """The provider methods recorded as operations: every public method of the contract."""
+    return sorted(
+        name
+        for name, member in vars(SandboxProvider).items()
+        if callable(member) and not name.startswith("_") and name not in UNTIMED
+    )
+
+
+def timed(provider: SandboxProvider) -> SandboxProvider:
+    """``provider`` with each contract method's calls recorded in
+    ``joepro_provider_call_duration_seconds`` (operation: the method's name; outcome: ``ok``
+    or the ``ProviderError`` kind). The same object, so its class, capabilities and own
+    methods stay as they are; a contract method called by another one counts only once, as
+    the outer call. An iterator's time runs until it is exhausted or closed."""
+    for operation in contract_operations():
+        setattr(provider, operation, _timed_method(provider, operation))
+    return provider
+
+
+def _timed_method(provider: SandboxProvider, operation: str):
+    method = getattr(type(provider), operation)
+
+    @functools.wraps(method)
+    def call(*args, **kwargs):
+        if getattr(_in_call, "active", False):
+            return method(provider, *args, **kwargs)
+        began = time.perf_counter()
+        _in_call.active = True
+        try:
+            result = method(provider, *args, **kwargs)
+        except BaseException as exc:
+            _observe(provider, operation, began, exc)
+            raise
+        finally:
+            _in_call.active = False
+        if isinstance(result, Iterator):
+            return _timed_iterator(provider, operation, began, result)
+        _observe(provider, operation, began, None)
+        return result
+
+    return call
+
+
+def _timed_iterator(provider: SandboxProvider, operation: str, began: float, items: Iterator):
+    # The caller's own provider calls between items are calls of their own: nothing marks
+    # them as nested here.
+    error: BaseException | None = None
+    try:
+        yield from items
+    except GeneratorExit:  # closed early: what was read went fine
+        raise
+    except BaseException as exc:
+        error = exc
+        raise
+    finally:
+        _observe(provider, operation, began, error)
+
+
+def _observe(provider: SandboxProvider, operation: str, began: float, error: BaseException | None) -> None:
+    if error is None:
+        outcome = "ok"
+    elif isinstance(error, ProviderError):
+        outcome = error.kind.value
+    else:
+        outcome = "error"  # not a provider failure: a bug, or the call was interrupted
+    PROVIDER_CALL_DURATION.labels(provider=provider.name, operation=operation, outcome=outcome).observe(
+        time.perf_counter() - began
+    )
 
 
 def provider_supports(name: str, capability: Capability) -> bool:

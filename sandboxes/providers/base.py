@@ -157,6 +157,9 @@ class RemoteSandbox:
     # changes and refresh_activity); see Capability.OUTSIDE_ACTIVITY for when it means a person.
     last_activity_at: datetime | None = None
     created_at: datetime | None = None
+    # When the backend says the sandbox entered its current state, if it says: the portal
+    # backdates a change it learns of late (a stop behind its back) to this, for metering.
+    state_changed_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,21 @@ class SandboxAccess:
     ssh: SshAccess
     preview: SignedLink
     terminal: SignedLink
+
+
+@dataclass(frozen=True)
+class ResourceUsage:
+    """What a running sandbox uses of its memory and disk, in bytes, as measured now.
+
+    Memory is what the kernel charges to the sandbox (its cgroup's usage, page cache
+    included, as the limit counts it); disk is what its home filesystem holds. A limit is the
+    sandbox's own (never 0 for a sandbox with resources: where the backend enforces none it is
+    the size the sandbox was given)."""
+
+    memory_bytes: int
+    memory_limit_bytes: int
+    disk_bytes: int
+    disk_limit_bytes: int
 
 
 def preview_page_link(remote_id: str, port: int, expires_at: datetime) -> SignedLink:
@@ -324,6 +342,13 @@ class SandboxProvider:
         call in a process."""
         return []
 
+    def check_reachable(self) -> None:
+        """Return once the backend answered one cheap authenticated request, within a few
+        seconds; raise ``ProviderError`` otherwise (``kind=UNAVAILABLE`` or ``TIMEOUT`` when
+        it cannot be reached, ``REJECTED`` when it refuses the credentials). For the readiness
+        check: no retries beyond a short one, nothing is changed, no sandbox counts as used."""
+        raise NotImplementedError
+
     def find(self, name: str) -> RemoteSandbox | None:
         """Look a sandbox up by its exact name. Authoritative (not eventually consistent).
 
@@ -444,6 +469,16 @@ class SandboxProvider:
         site of their own, never by the backend's own preview pages. Raises
         ``kind=INVALID_STATE`` when the sandbox is not running and ``kind=NOT_FOUND`` when it is
         gone; whether anything listens on ``port`` shows only when the relay connects."""
+        raise NotImplementedError
+
+    def resource_usage(self, remote_id: str) -> ResourceUsage:
+        """Memory and disk use of the running sandbox now (see :class:`ResourceUsage`).
+
+        Never counts as use of the sandbox, with the backend or the portal: the measurement
+        moves no activity timestamp and resets no idle timer. Bounded: returns or raises within
+        a few seconds (``kind=TIMEOUT`` when the measurement did not answer in time). Raises
+        ``kind=INVALID_STATE`` when the sandbox is not running and ``kind=NOT_FOUND`` when it is
+        gone; ``kind=UNAVAILABLE`` when it could not be measured."""
         raise NotImplementedError
 
     # -- optional: Capability.PREVIEW_RELAY ---------------------------------------------------

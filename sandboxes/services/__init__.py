@@ -20,7 +20,7 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 - :mod:`.warnings`   the email before an idle stop
 - :mod:`.webhooks`   providers' webhooks, verified and applied once
 - :mod:`.live`       telling the owner's open pages that their sandbox changed
-- :mod:`.configuration`  what keeps the configured provider from working, for system checks
+- :mod:`.configuration`  what keeps the configured provider from working, for system checks and readiness
 """
 
 from sandboxes.providers.base import ErrorKind
@@ -37,7 +37,7 @@ from .activity import (
     sandbox_refresh_activity,
     sandbox_set_preferences,
 )
-from .configuration import PROVIDER_NAMES, provider_problems
+from .configuration import PROVIDER_NAMES, provider_problems, provider_reachable
 from .controls import sandbox_reset, sandbox_restart, sandbox_stop_own
 from .errors import SandboxError
 from .gateways import (
@@ -131,6 +131,7 @@ __all__ = [
     "preview_record_activity",
     "preview_route",
     "provider_problems",
+    "provider_reachable",
     "remote_name_for",
     "sandbox_apply_backstop",
     "sandbox_delete",

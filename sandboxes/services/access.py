@@ -11,6 +11,7 @@ from datetime import datetime
 
 from django.conf import settings
 
+from joepro.logging import remember_secret
 from sandboxes import secrets
 from sandboxes.models import AuditEvent, Sandbox
 from sandboxes.providers.base import SandboxAccess, SandboxProvider, SignedLink, SshAccess
@@ -33,6 +34,8 @@ def access_for(sandbox: Sandbox, provider: SandboxProvider, user, *, fresh: bool
         preview_port=settings.SANDBOX_PREVIEW_PORT,
         link_seconds=settings.SANDBOX_SSH_TOKEN_MINUTES * 60,
     )
+    for secret in (access.ssh.token, access.preview.token, access.terminal.token):
+        remember_secret(secret)  # kept out of this process's log lines, whatever logs them
     # Sealed with the link tokens, so that stopping the sandbox can expire the links early.
     sandbox.access_ciphertext = secrets.seal(_record(access))
     sandbox.access_expires_at = min(access.ssh.expires_at, access.preview.expires_at, access.terminal.expires_at)

@@ -26,8 +26,9 @@ class SandboxError(Exception):
     ``provider_unavailable``...); ``status`` the HTTP status that fits; ``retry_after`` a hint in
     seconds (the provider's, when it gave one); ``retryable`` whether the same call may succeed
     later. For a provider failure, ``kind`` is the provider's :class:`ErrorKind` (``not_found``,
-    ``invalid_state``, ``port_closed``...), else empty. ``str(error)`` is safe to show the user
-    and to log.
+    ``invalid_state``, ``port_closed``...), else empty. ``detail`` holds more, for API clients,
+    merged into the API's error object (``{"budget": {...}}`` of ``budget_exceeded``).
+    ``str(error)`` is safe to show the user and to log.
     """
 
     def __init__(
@@ -39,6 +40,7 @@ class SandboxError(Exception):
         retry_after: float | None = None,
         retryable: bool = False,
         kind: str = "",
+        detail: dict | None = None,
     ):
         super().__init__(message)
         self.code = code
@@ -47,6 +49,7 @@ class SandboxError(Exception):
         self.retry_after = retry_after
         self.retryable = retryable
         self.kind = kind
+        self.detail = detail
 
     @classmethod
     def from_provider(cls, error: ProviderError) -> SandboxError:

@@ -23,8 +23,9 @@ from sandboxes.providers.base import (
     SandboxProvider,
     SandboxSpec,
 )
+from usage.instruments import LAUNCH_DURATION, LAUNCH_FAILURES
 
-from . import capacity
+from . import capacity, guards
 from .access import access_for
 from .activity import backstop_minutes, note_remote_touch
 from .errors import SandboxError, provider_failures_as_sandbox_errors
@@ -46,6 +47,10 @@ log = logging.getLogger(__name__)
 
 POLL_INTERVAL = 0.2
 STATUS_SYNC_INTERVAL = timedelta(seconds=1)
+# A launch left starting is completed by a later call (the launcher's next POST): its duration
+# runs from the first call, kept this long at most.
+PENDING_LAUNCH_SECONDS = 1800
+KIND_RANK = {"warm": 0, "resume": 1, "create": 2}
 
 
 @dataclass
@@ -74,16 +79,57 @@ def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
     (already retried by the provider where that was safe); either is also recorded on the row
     as its last error.
     """
-    _check_launch_rate(user)
-    row = sandbox_get_or_create_row(user=user)
+    began = time.time()
     try:
-        with locked_for_action(row) as sandbox:
-            return _launch_locked(sandbox, provider_for(sandbox), user, now or timezone.now())
+        _check_launch_rate(user)
+        row = sandbox_get_or_create_row(user=user)
+        try:
+            with locked_for_action(row) as sandbox:
+                locked_at = timezone.now()
+                launch = _launch_locked(sandbox, provider_for(sandbox), user, now or timezone.now())
+                kind = _launch_kind(sandbox, since=locked_at)
+        except (ProviderError, SandboxError) as exc:
+            log.warning("launch of %s failed: %s", row.remote_name, exc)
+            raise
+        finally:
+            capacity.release(row)  # the committed row now holds its slots, or does not
     except (ProviderError, SandboxError) as exc:
-        log.warning("launch of %s failed: %s", row.remote_name, exc)
+        code = exc.code if isinstance(exc, SandboxError) else SandboxError.from_provider(exc).code
+        LAUNCH_FAILURES.labels(code=code).inc()
         raise
-    finally:
-        capacity.release(row)  # the committed row now holds its slots, or does not
+    _time_launch(launch, kind, began)
+    return launch
+
+
+def _launch_kind(sandbox: Sandbox, *, since) -> str:
+    """What this launch had to do, from the audit events it wrote: ``create`` (a new remote
+    sandbox, a replacement included), ``resume`` (a start or a recovery), else ``warm``."""
+    actions = set(
+        AuditEvent.objects.filter(
+            sandbox=sandbox,
+            created_at__gte=since,
+            action__in=[AuditEvent.Action.CREATE, AuditEvent.Action.START, AuditEvent.Action.RECOVER],
+        ).values_list("action", flat=True)
+    )
+    if AuditEvent.Action.CREATE in actions:
+        return "create"
+    return "resume" if actions else "warm"
+
+
+def _time_launch(launch: Launch, kind: str, began: float) -> None:
+    """Observe a launch that handed out access, from the first call of the launch it
+    completes and as the most its calls had to do; keep a launch still starting for later."""
+    key = f"sandbox-launch-pending:{launch.sandbox.pk}"
+    pending = cache.get(key)
+    if pending:
+        began = min(began, pending["began"])
+        kind = max(kind, pending["kind"], key=KIND_RANK.__getitem__)
+    if not launch.ready:
+        cache.set(key, {"began": began, "kind": kind}, timeout=PENDING_LAUNCH_SECONDS)
+        return
+    if pending:
+        cache.delete(key)
+    LAUNCH_DURATION.labels(kind=kind).observe(max(0.0, time.time() - began))
 
 
 def _launch_locked(sandbox: Sandbox, provider: SandboxProvider, user, now: datetime) -> Launch:
@@ -192,7 +238,9 @@ def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
 def _create(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) -> RemoteSandbox:
     """Create under the row's name. A name conflict or an unknown outcome is resolved by
     looking the name up again (adopting after the owner check), never by creating again.
-    Raises ``SandboxError("capacity_reached")`` when the deployment's caps are reached."""
+    Raises ``SandboxError("capacity_reached")`` when the deployment's caps are reached, and
+    ``SandboxError("budget_exceeded")`` when the user used up a monthly limit."""
+    _check_start_guards(sandbox, user)
     capacity.claim(sandbox, capacity.EXISTING)
     capacity.claim(sandbox, capacity.RUNNING)
     try:
@@ -215,6 +263,7 @@ def _create(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) 
 
 
 def _start(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
+    _check_start_guards(sandbox, user)  # SandboxError("budget_exceeded") when a monthly limit is used up
     capacity.claim(sandbox, capacity.RUNNING)  # SandboxError("capacity_reached") when all run
     try:
         started = provider.start(remote.id, wait_seconds=_seconds_left(deadline))
@@ -224,6 +273,12 @@ def _start(sandbox, provider, remote, user, deadline) -> RemoteSandbox:
         return provider.get(remote.id) or remote  # someone else is changing it: wait on that
     audit(sandbox, AuditEvent.Action.START, actor_type=Actor.USER, actor=user)
     return started
+
+
+def _check_start_guards(sandbox: Sandbox, user) -> None:
+    """Under the row lock, so simultaneous launches are decided one after the other; a running
+    sandbox is reused without these checks (the usage app's budgets, :mod:`.guards`)."""
+    guards.check_start(sandbox, user, timezone.now())
 
 
 def _recover_or_replace(sandbox, provider, remote, user, deadline) -> RemoteSandbox:

@@ -22,6 +22,7 @@ from sandboxes.durations import format_duration
 from sandboxes.models import AuditEvent, Sandbox, SandboxState
 from sandboxes.providers import get_provider
 from sandboxes.providers.base import ErrorKind, ProviderError, RemoteSandbox, RemoteState, SignedLink
+from usage.instruments import IDLE_STOPS
 
 from .access import links_to_expire
 from .activity import fold_outside_activity, note_remote_touch
@@ -200,6 +201,8 @@ def sandboxes_stop_idle(*, now: datetime, concurrency: int | None = None) -> Sto
         )
     if ids:
         log.info("idle stop: %s", report.summary())
+        IDLE_STOPS.labels(reason="idle", outcome="stopped").inc(len(report.stopped))
+        IDLE_STOPS.labels(reason="idle", outcome="failed").inc(len(report.failed))
     return report
 
 

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from django.core.cache import cache
 from django.db import DatabaseError, connection, transaction
 
+from joepro.request_context import sandbox_in_play
 from sandboxes.models import Sandbox
 from sandboxes.providers.base import ProviderError
 
@@ -31,7 +32,7 @@ def locked_for_action(sandbox: Sandbox, *, related: tuple[str, ...] = ()) -> Ite
     commits.
     """
     failure: ProviderError | SandboxError | None = None
-    with transaction.atomic():
+    with sandbox_in_play(sandbox.pk), transaction.atomic():
         row = Sandbox.objects.select_for_update().select_related(*related).get(pk=sandbox.pk)
         try:
             yield row

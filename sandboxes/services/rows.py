@@ -10,7 +10,7 @@ from datetime import datetime
 from django.conf import settings
 from django.db import IntegrityError
 
-from sandboxes.models import AuditEvent, Sandbox, SandboxState
+from sandboxes.models import AuditEvent, Sandbox, SandboxState, StateChange
 from sandboxes.providers import get_provider
 from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState, SandboxProvider
 
@@ -155,7 +155,7 @@ def apply_remote(sandbox: Sandbox, remote: RemoteSandbox | None, now: datetime) 
         return
     sandbox.remote_id = remote.id
     sandbox.backend_state = remote.backend_state[:32]
-    sandbox.set_state(portal_state(remote), now)
+    sandbox.set_state(portal_state(remote), now, since=remote.state_changed_at)
     if remote.state is not RemoteState.STARTED:
         sandbox.forget_access()
     if remote.state is RemoteState.ERROR and remote.error_reason:
@@ -221,4 +221,7 @@ def save_changes(changes: list[tuple[Sandbox, dict]]) -> None:
             Sandbox.objects.filter(pk__in=batch).update(**dict(changed))
     if singles:
         Sandbox.objects.bulk_update(singles, sorted(single_fields), batch_size=WRITE_BATCH)
+    state_log = [entry for row, _ in changes for entry in row.unrecorded_changes()]
+    if state_log:
+        StateChange.objects.bulk_create(state_log, batch_size=WRITE_BATCH)
     sandbox_changed(*shown)

@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, connection, transaction
@@ -23,7 +24,7 @@ from django.utils import timezone
 from svix.webhooks import Webhook, WebhookVerificationError
 
 from sandboxes.models import AuditEvent, Sandbox, WebhookDelivery
-from sandboxes.providers.base import ProviderError, RemoteState
+from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState
 
 from .activity import fold_outside_activity
 from .errors import SandboxError
@@ -66,7 +67,7 @@ def daytona_webhook_receive(*, body: bytes, headers: Mapping[str, str], now: dat
     if WebhookDelivery.objects.filter(event_id=event_id).exists():
         log.info("daytona webhook %s (%s) for %s: duplicate", event_id, event_type, remote_id)
         return "duplicate"
-    outcome = _apply(event_id, event_type, remote_id, now or timezone.now())
+    outcome = _apply(event_id, event_type, remote_id, now or timezone.now(), _event_change(payload))
     log.info("daytona webhook %s (%s) for %s: %s", event_id, event_type, remote_id, outcome)
     return outcome
 
@@ -120,7 +121,21 @@ def _message_id(headers: Mapping[str, str]) -> str:
     return found.get("svix-id") or found.get("webhook-id", "")
 
 
-def _apply(event_id: str, event_type: str, remote_id: str, now: datetime) -> str:
+def _event_change(payload: dict) -> tuple[str, datetime] | None:
+    """The state a ``sandbox.state.updated`` event says the sandbox entered, and when."""
+    if payload.get("event") != "sandbox.state.updated":
+        return None
+    state, moment = payload.get("newState"), payload.get("updatedAt") or payload.get("timestamp")
+    if not isinstance(state, str) or not isinstance(moment, str):
+        return None
+    try:
+        at = datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return state, at if at.tzinfo else at.replace(tzinfo=UTC)
+
+
+def _apply(event_id: str, event_type: str, remote_id: str, now: datetime, change=None) -> str:
     try:
         with transaction.atomic():
             try:
@@ -138,7 +153,7 @@ def _apply(event_id: str, event_type: str, remote_id: str, now: datetime) -> str
             )
             if row is None:
                 return "unknown_sandbox"
-            _sync_locked(row, event_type, event_id, now)
+            _sync_locked(row, event_type, event_id, now, change)
     except ProviderError as exc:
         raise SandboxError.from_provider(exc) from exc
     except DatabaseError as exc:
@@ -150,12 +165,14 @@ def _apply(event_id: str, event_type: str, remote_id: str, now: datetime) -> str
     return "applied"
 
 
-def _sync_locked(row: Sandbox, event_type: str, event_id: str, now: datetime) -> None:
+def _sync_locked(row: Sandbox, event_type: str, event_id: str, now: datetime, change=None) -> None:
     """Mirror the provider's answer into the locked row. ``save_changes`` tells the owner's
     pages when what they show changed."""
     remote = provider_for(row).get(row.remote_id)
     if remote is not None and remote.state is RemoteState.DESTROYING:
         remote = None
+    if remote is not None:
+        remote = _dated_by_event(row, remote, change)
     before_state, before = row.state, snapshot(row)
     apply_remote(row, remote, now)
     fold_outside_activity(row, remote, now)
@@ -169,6 +186,21 @@ def _sync_locked(row: Sandbox, event_type: str, event_id: str, now: datetime) ->
             event_id=event_id,
             **{"from": before_state, "to": row.state},
         ).save()
+
+
+def _dated_by_event(row: Sandbox, remote: RemoteSandbox, change: tuple[str, datetime] | None) -> RemoteSandbox:
+    """The sandbox as read, its state change dated by the event where the event is about the
+    state it is in now: the event's time is when the change happened, while the sandbox's own
+    ``updatedAt`` moves on at every later write. An event older than the row's last change, or
+    about another state (delivered out of order), leaves the date to the provider."""
+    if change is None or change[0] != remote.backend_state:
+        return remote
+    _, at = change
+    if row.state_changed_at is not None and at < row.state_changed_at:
+        return remote
+    if remote.state_changed_at is not None and at > remote.state_changed_at:
+        return remote
+    return replace(remote, state_changed_at=at)
 
 
 def _limit_lock_wait() -> None:

@@ -7,9 +7,17 @@
 
 import { setUpAccess } from "./dashboard-access.js";
 import { setUpPreferences } from "./dashboard-preferences.js";
+import { setUpUsage } from "./dashboard-usage.js";
 import { watchSandbox } from "./live.js";
 import { startPresence } from "./presence.js";
-import { LaunchError, SignInRequired, callApi, launchSandbox, waitUntilSettled } from "./sandbox-api.js";
+import {
+  LaunchError,
+  SignInRequired,
+  callApi,
+  coalesced,
+  launchSandbox,
+  waitUntilSettled,
+} from "./sandbox-api.js";
 import {
   ServerClock,
   formatClockTime,
@@ -76,8 +84,9 @@ function setUpDashboard() {
   let dashboard = null;
   let busy = false;
   let loadFailed = false;
-  let loading = null;
-  let loadAgain = false;
+  // Reads the dashboard, its ledger and timeline; calls made while one runs are folded into
+  // one more read after it.
+  const refresh = coalesced(load);
 
   const page = { csrfToken, clock, refresh, showError, signIn, messageOf, urls: data };
   const warning = createStopWarning({
@@ -89,6 +98,7 @@ function setUpDashboard() {
   });
   const access = setUpAccess(page);
   const preferences = setUpPreferences(page);
+  const usage = setUpUsage(page);
   setUpReset();
 
   controls.terminal.addEventListener("click", openTerminal);
@@ -108,24 +118,6 @@ function setUpDashboard() {
   });
 
   // -- reading the dashboard -------------------------------------------------------------
-
-  // Reads the dashboard, its ledger and timeline; calls made while one runs are folded into
-  // one more read after it.
-  function refresh() {
-    if (loading) {
-      loadAgain = true;
-      return loading;
-    }
-    loading = (async () => {
-      do {
-        loadAgain = false;
-        await load();
-      } while (loadAgain);
-    })().finally(() => {
-      loading = null;
-    });
-    return loading;
-  }
 
   async function load() {
     const [main, ledger, timeline] = await Promise.all([
@@ -151,6 +143,7 @@ function setUpDashboard() {
     clock.sync(dashboard.now);
     renderStatus();
     warning.update(dashboard);
+    usage.update(dashboard);
     access.render(dashboard, ledger.status === 200 ? ledger.body.entries : null);
     if (timeline.status === 200) renderTimeline(timeline.body.entries ?? []);
   }

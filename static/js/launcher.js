@@ -71,6 +71,7 @@ function setUpLauncher() {
   const provisionLabel = stages.get("provision").querySelector(".stage__label");
   const errorBox = byId("launch-error");
   const errorMessage = byId("launch-error-message");
+  const budgetDetail = byId("launch-error-budget");
   const retryCountdown = byId("retry-countdown");
   const retryButton = byId("retry-button");
   const accessPanel = byId("access-panel");
@@ -132,7 +133,10 @@ function setUpLauncher() {
       failActiveStage();
       setStatus("");
       showError(error instanceof LaunchError ? error.message : UNEXPECTED_ERROR_MESSAGE);
-      retryButton.focus();
+      if (error instanceof LaunchError && error.error?.code === "budget_exceeded") {
+        showBudget(error.error.budget);
+      }
+      (retryButton.hidden ? errorBox : retryButton).focus();
       if (!(error instanceof LaunchError)) throw error;
     } finally {
       busy = false;
@@ -328,14 +332,39 @@ function setUpLauncher() {
   function showError(message) {
     errorMessage.textContent = message;
     retryButton.textContent = "Try again";
+    retryButton.hidden = false;
     retryCountdown.hidden = true;
+    budgetDetail.hidden = true;
     errorBox.hidden = false;
+  }
+
+  // A used-up monthly limit: what was used of what and when it resets. Trying again before
+  // then is refused the same way, so the retry button gives way to what to do instead.
+  function showBudget(budget) {
+    if (!budget) return;
+    const isCost = budget.limit === "cost";
+    const amount = (value) => (isCost ? `${budget.currency} ${value}` : `${value} running hours`);
+    byId("budget-used").textContent = amount(budget.used);
+    byId("budget-allowed").textContent = amount(budget.allowed);
+    byId("budget-limit-name").textContent = isCost ? "monthly budget" : "running-hours cap";
+    const resets = byId("budget-resets");
+    const resetsAt = new Date(budget.resetsAt);
+    if (Number.isNaN(resetsAt.getTime())) {
+      resets.removeAttribute("datetime");
+      resets.textContent = "the start of next month";
+    } else {
+      resets.dateTime = resetsAt.toISOString();
+      resets.textContent = resetsAt.toLocaleString(undefined, { dateStyle: "long", timeStyle: "short" });
+    }
+    budgetDetail.hidden = false;
+    retryButton.hidden = true;
   }
 
   function hideError() {
     errorBox.hidden = true;
     errorMessage.textContent = "";
     retryCountdown.textContent = "";
+    budgetDetail.hidden = true;
   }
 }
 

@@ -24,7 +24,13 @@ const NETWORK_ERROR_MESSAGE = "We could not reach the portal. Check your connect
 // Failures an automatic retry would only repeat: an image that does not build.
 const FINAL_CODES = new Set(["build_failed"]);
 
-export class LaunchError extends Error {}
+// `error` is the API's error object when the portal refused ({code, message, ...}), else null.
+export class LaunchError extends Error {
+  constructor(message, error = null) {
+    super(message);
+    this.error = error;
+  }
+}
 export class SignInRequired extends Error {}
 
 // Resolves with {status, body, retryAfterSeconds}; throws LaunchError when offline.
@@ -79,14 +85,14 @@ export async function launchSandbox(options) {
     const response = await callApi("POST", urls.create, csrfToken);
     const code = response.body?.error?.code;
     if (FINAL_CODES.has(code) || (response.status === 409 && code !== "conflict")) {
-      throw new LaunchError(errorText(response, messages));
+      throw refused(response, messages);
     }
     conflicts = response.status === 409 ? conflicts + 1 : 0;
     switch (response.status) {
       case 200:
         return response.body;
       case 409:
-        if (conflicts >= MAX_CONFLICTS) throw new LaunchError(errorText(response, messages));
+        if (conflicts >= MAX_CONFLICTS) throw refused(response, messages);
       // falls through: a transition is under way, wait for it as for 202
       case 202:
         onWaiting?.();
@@ -102,7 +108,7 @@ export async function launchSandbox(options) {
         });
         break;
       default:
-        throw new LaunchError(errorText(response, messages));
+        throw refused(response, messages);
     }
   }
 }
@@ -123,8 +129,30 @@ export async function waitUntilSettled({ urls, deadline, messages, onState, resp
     if (poll.status === 200) current = poll.body?.sandbox?.state;
     else if (poll.status === 404) return "gone"; // POST create makes a new one
     else if (poll.status === 401) throw new SignInRequired();
-    else if (poll.status !== 429 && poll.status !== 503) throw new LaunchError(errorText(poll, messages));
+    else if (poll.status !== 429 && poll.status !== 503) throw refused(poll, messages);
   }
+}
+
+// A function that runs `work` once at a time: calls made while it runs are folded into one
+// more run after it, and all of them wait for that.
+export function coalesced(work) {
+  let running = null;
+  let again = false;
+  return function run() {
+    if (running) {
+      again = true;
+      return running;
+    }
+    running = (async () => {
+      do {
+        again = false;
+        await work();
+      } while (again);
+    })().finally(() => {
+      running = null;
+    });
+    return running;
+  };
 }
 
 export function sleep(ms) {
@@ -137,6 +165,11 @@ function pollDelay(response) {
 
 function ensureBefore(deadline, messages) {
   if (Date.now() > deadline) throw new LaunchError(messages.tooSlow);
+}
+
+// The LaunchError of a response the page cannot carry on from, with the API's error object.
+function refused(response, messages) {
+  return new LaunchError(errorText(response, messages), response.body?.error ?? null);
 }
 
 function errorText(response, messages) {

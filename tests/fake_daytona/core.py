@@ -222,20 +222,22 @@ class StoreCore:
         sb.pending = _Pending(steps=[(target, self.clock.time() + max(0.0, after))])
         self._pending_ids.add(sb.id)
 
-    def _move(self, sb: _Sandbox, state: str, *, desired: str | None = None) -> None:
+    def _move(self, sb: _Sandbox, state: str, *, desired: str | None = None, at: float | None = None) -> None:
+        """Enter ``state`` at ``at`` (default now): a scheduled step taken late is dated when it
+        was due, as the hosted service's row would read (``updatedAt``, ``lastActivityAt``)."""
         was_started = sb.state == "started"
         changed = sb.state != state
         old_state = sb.state
-        now = self.clock.time()
+        now = self.clock.time() if at is None else min(at, self.clock.time())
         sb.data["state"] = state
         sb.data["desiredState"] = desired or TRANSITION_TARGET.get(state, state)
         sb.pending = None
         self._pending_ids.discard(sb.id)
-        sb.updated = now
+        sb.updated = max(sb.updated, now)
         if changed:
             # A state change writes lastActivityAt straight to the database (the
             # repository's upsert), past the activity throttle and buffer.
-            sb.last_activity = now
+            sb.last_activity = max(sb.last_activity, now)
             self._announce(
                 "sandbox.state.updated",
                 {
@@ -264,8 +266,8 @@ class StoreCore:
         pending = sb.pending
         now = self.clock.time()
         while pending is not None and pending.steps and now >= pending.due:
-            state, _ = pending.steps.pop(0)
-            self._move(sb, state, desired=pending.desired if state != "destroyed" else None)
+            state, due = pending.steps.pop(0)
+            self._move(sb, state, desired=pending.desired if state != "destroyed" else None, at=due)
             if sb.id not in self._by_id:
                 return
             if pending.steps:

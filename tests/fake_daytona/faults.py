@@ -31,7 +31,8 @@ API_OPERATIONS = (
     "toolbox_proxy_url",
 )
 PTY_OPERATIONS = ("pty_create", "pty_connect", "pty_resize", "pty_kill", "pty_list", "pty_info")
-OPERATIONS = API_OPERATIONS + PTY_OPERATIONS
+TOOLBOX_OPERATIONS = ("process_execute",)
+OPERATIONS = API_OPERATIONS + PTY_OPERATIONS + TOOLBOX_OPERATIONS
 WEBSOCKET_OPERATIONS = ("pty_create", "pty_connect")
 
 # Kinds every HTTP operation understands.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -31,6 +32,7 @@ def add_hook_routes(app: web.Application) -> None:
     add("POST", "/__ssh", _hook(ssh_session))
     add("GET", "/__activity", _hook(activity))
     add("POST", "/__activity", _hook(configure_activity))
+    add("POST", "/__resources", _hook(set_resources))
 
 
 def _hook(handler: Callable[[web.Request, dict[str, Any]], Any]) -> HookHandler:
@@ -90,6 +92,16 @@ def advance_clock(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     fake = fake_of(request)
     fake.advance_clock(float(body.get("advance", 0)))
     return {"now": iso(fake.now().timestamp())}
+
+
+def set_resources(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """``{"id": ..., "memory_bytes"?, "memory_limit_bytes"?, "disk_bytes"?, "disk_limit_bytes"?}``:
+    what a command in the sandbox measures (see ``.machine``)."""
+    options = dict(body)
+    sandbox_id = str(options.pop("id"))
+    if fake_of(request).sandbox(sandbox_id) is None:
+        raise KeyError(sandbox_id)
+    return dataclasses.asdict(fake_of(request).machines.set_resources(sandbox_id, **options))
 
 
 def reset(request: web.Request, body: dict[str, Any]) -> None:

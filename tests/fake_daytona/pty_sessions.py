@@ -269,7 +269,7 @@ class PtyManager:
         directory here; another path is taken as it is. Raises :class:`PtyStartError` when it
         is not a directory, as the daemon fails to start the shell there.
         """
-        home = self._home_for(sandbox_id)
+        home = self.home_for(sandbox_id)
         workdir = _local_workdir(cwd, home)
         if not os.path.isdir(workdir):
             raise PtyStartError(f"pty.StartWithSize: chdir {cwd}: no such file or directory")
@@ -373,7 +373,8 @@ class PtyManager:
 
     # ----- internals --------------------------------------------------------------------
 
-    def _home_for(self, sandbox_id: str) -> str:
+    def home_for(self, sandbox_id: str) -> str:
+        """The sandbox's home directory on this machine, made on first use."""
         if self._homes_root is None:
             self._homes_root = tempfile.mkdtemp(prefix="fake-daytona-homes-")
         home = os.path.join(self._homes_root, sandbox_id)

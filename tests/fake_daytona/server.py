@@ -17,6 +17,7 @@ from .apps import AppRoutes
 from .clock import FakeClock, iso
 from .faults import Fault, FaultBook
 from .hooks import add_hook_routes
+from .machine import Machines
 from .middleware import FAKE_KEY
 from .preview import add_preview_routes
 from .pty_sessions import PtyManager
@@ -87,6 +88,8 @@ class FakeDaytona:
         self.webhooks = WebhookSender()
         self.store.on_event = self.webhooks.emit
         self.ptys = PtyManager(now=self.clock.time)
+        # What commands find inside sandboxes: their memory and disk figures (see .machine).
+        self.machines = Machines()
         self.activity = self.store.activity
         # Browsers see Daytona's warning page before a preview (organisations can turn it off).
         self.preview_warning = True
@@ -233,6 +236,7 @@ class FakeDaytona:
             loop.call_soon_threadsafe(loop.stop)
             thread.join(STOP_TIMEOUT_SECONDS)
             self.webhooks.close()
+            self.machines.reset()
             self._thread = None
             self._loop = None
 
@@ -431,6 +435,7 @@ class FakeDaytona:
         self.webhooks.reset()
         self.store.reset()
         self.ptys.kill_all()
+        self.machines.reset()
         self.faults.clear()
         self.clock.reset()
         self.rate_limits.clear()

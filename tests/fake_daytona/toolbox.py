@@ -1,12 +1,13 @@
 """The toolbox under ``/toolbox/<sandboxId>``: Daytona's proxy and runner in front, the
-sandbox daemon's PTY API behind them.
+sandbox daemon's PTY API and its ``POST /process/execute`` behind them.
 
 Every request first meets the proxy (:mod:`.proxy`): authentication (401 once the sandbox
 is destroyed), the runner lookup (400 for an archived sandbox), an activity post unless the
 request carries ``X-Daytona-Skip-Last-Activity-Update: true`` (a websocket keeps re-posting
 while open), then the runner's check that the container has an IP (400 when it is stopped).
 Only a started sandbox's requests reach the daemon, which answers ``{"error": ...}``.
-The daemon's routes and words are those of ``apps/daemon/pkg/toolbox/process/pty``.
+The daemon's routes and words are those of ``apps/daemon/pkg/toolbox/process/pty`` and
+``.../process/execute``; what a command finds inside the sandbox is :mod:`.machine`'s.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from .activity import skips_activity
+from .clock import iso
 from .faults import Fault
+from .machine import CommandTimeout
 from .middleware import FAKE_KEY, WEBSOCKET_FAULT_KEY, ApiResult, _answer, _apply_fault, fake_of, operation
 from .proxy import (
     ProxyRefusal,
@@ -68,6 +71,7 @@ def build_toolbox_app(fake: Any) -> web.Application:
     add("GET", "/{sandbox}/process/pty/{session}", session_info)
     add("POST", "/{sandbox}/process/pty/{session}/resize", resize)
     add("DELETE", "/{sandbox}/process/pty/{session}", kill)
+    add("POST", "/{sandbox}/process/execute", execute)
     add("*", "/{sandbox}/{tail:.*}", unknown_daemon_route)
     add("*", "/{tail:.*}", no_sandbox_path)
     return app
@@ -150,6 +154,60 @@ async def no_sandbox_path(request: web.Request) -> web.Response:
     """``/toolbox/<id>`` without a path: the proxy's own 404."""
     fake = fake_of(request)
     return ProxyRefusal(404, "not found: not found").response(request, fake.clock.time())
+
+
+@operation("process_execute")
+async def execute(request: web.Request) -> web.Response:
+    """``POST /process/execute`` ``{"command", "cwd"?, "envs"?, "timeout"?}``: run the command
+    and answer ``{"exitCode", "result"}`` (stdout and stderr mixed) once it ends; 408 in the
+    daemon's error shape when it outlives ``timeout`` seconds (it is killed)."""
+    fake = fake_of(request)
+    sandbox_id = _sandbox_id(request)
+    try:
+        body = await request.json()
+    except ValueError:
+        body = None
+    command = body.get("command") if isinstance(body, dict) else None
+    envs = body.get("envs") or {} if isinstance(body, dict) else {}
+    timeout = body.get("timeout") if isinstance(body, dict) else None
+    if not isinstance(command, str) or not command.strip() or not isinstance(envs, dict):
+        return _daemon_error(request, 400, "command is required")
+    record = fake.store.peek(sandbox_id) or {}
+    resources = fake.machines.resources(
+        sandbox_id, memory_gb=int(record.get("memory") or 1), disk_gb=int(record.get("disk") or 3)
+    )
+    try:
+        exit_code, output = await fake.machines.execute(
+            sandbox_id,
+            command,
+            resources=resources,
+            home=fake.ptys.home_for(sandbox_id),
+            cwd=body.get("cwd"),
+            envs={str(k): str(v) for k, v in envs.items()},
+            timeout=timeout if isinstance(timeout, int) and timeout > 0 else None,
+        )
+    except CommandTimeout:
+        message = (
+            f"Command execution timed out after {timeout} seconds. The timeout can be increased by "
+            "adjusting the timeout parameter in the request."
+        )
+        return _daemon_error(request, 408, message)
+    return web.json_response({"exitCode": exit_code, "result": output})
+
+
+def _daemon_error(request: web.Request, status: int, message: str) -> web.Response:
+    """The daemon's ``ErrorResponse`` (its error middleware's shape, unlike the PTY routes')."""
+    return web.json_response(
+        {
+            "statusCode": status,
+            "message": message,
+            "code": "REQUEST_TIMEOUT" if status == 408 else "BAD_REQUEST",
+            "timestamp": iso(fake_of(request).clock.time()),
+            "path": request.path,
+            "method": request.method,
+        },
+        status=status,
+    )
 
 
 @operation("pty_create")

@@ -88,6 +88,11 @@ def remote_sandbox(dto: Any) -> RemoteSandbox:
         build_failed=word == "build_failed",
         last_activity_at=timestamp(dto.last_activity_at),
         created_at=timestamp(dto.created_at),
+        # An upper bound, not the moment itself: Daytona moves ``updatedAt`` on every write to
+        # the sandbox's row (labels, intervals, a state change). A change the portal learns of
+        # late (a stop behind its back) is dated no later than this, so it is billed up to
+        # this at most.
+        state_changed_at=timestamp(getattr(dto, "updated_at", None)),
     )
 
 

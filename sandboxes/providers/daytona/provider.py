@@ -74,6 +74,7 @@ POLL_GROWTH = 1.25  # a wait overshoots the transition by at most a quarter of i
 MAX_POLL_SECONDS = 1.0
 POOL_THREADS = 32  # for the concurrent calls of mint_access and revoke_access
 SKIP_ACTIVITY_HEADER = "X-Daytona-Skip-Last-Activity-Update"
+REACHABLE_TIMEOUT = 3.0  # seconds, for the readiness check
 
 
 class DaytonaProvider(Toolbox, SandboxProvider):
@@ -145,6 +146,16 @@ class DaytonaProvider(Toolbox, SandboxProvider):
             yield from sandboxes
             if not cursor:
                 return
+
+    def check_reachable(self) -> None:
+        # The smallest authenticated read there is (one sandbox of the list), tried once: the
+        # readiness check asks again soon enough.
+        timeout = min(self._http_timeout, REACHABLE_TIMEOUT)
+        self._call(
+            "check",
+            lambda: self._api.list_sandboxes(limit=1, _request_timeout=timeout),
+            deadline=time.monotonic(),
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 

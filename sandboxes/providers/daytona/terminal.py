@@ -1,5 +1,5 @@
 """The PTY bridge: a Daytona PTY session as a :class:`TerminalSession`, and the provider's
-toolbox methods (:class:`Toolbox`: open and end terminals).
+toolbox methods (:class:`Toolbox`: open and end terminals, measure memory and disk).
 
 PTYs go through the sandbox's toolbox proxy, so they need the SDK's ``Sandbox`` object (the
 provider builds one per attachment) and its ``PtyHandle``, whose blocking iterator is turned
@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from daytona import DaytonaConflictError, DaytonaError, PtySize
 from daytona.handle.pty_handle import PtyHandle
 
-from ..base import Capability, ErrorKind, ProviderError, RemoteState, TerminalSession
+from ..base import Capability, ErrorKind, ProviderError, RemoteState, ResourceUsage, TerminalSession
 from .convert import remote_sandbox, state_word
 from .errors import SDK_FAILURES, gone_is_done, log_failure, provider_error
+from .resources import COMMAND, MEASURE_SECONDS, parse_usage
 
 PTY_POLL_SECONDS = 1.0  # how soon a detached terminal's pump thread notices and ends
 PTY_QUEUED_CHUNKS = 256  # output frames held for a slow reader before the pump waits
@@ -61,6 +63,26 @@ class Toolbox:
             refusal = self._toolbox_refusal(remote_id, error)
             if refusal.kind not in (ErrorKind.NOT_FOUND, ErrorKind.INVALID_STATE):
                 raise refusal from error
+
+    def resource_usage(self, remote_id: str) -> ResourceUsage:
+        """One short command through the toolbox (``POST /process/execute``, see
+        :mod:`.resources`), which carries ``X-Daytona-Skip-Last-Activity-Update`` as all the
+        portal's toolbox traffic does (see ``_connect``), so Daytona's idle timer does not move.
+        The daemon ends the command after a few seconds (``kind=UNAVAILABLE`` then), and a
+        failed attempt is retried only within twice that."""
+        sandbox = self._started_sdk_sandbox(remote_id)
+        try:
+            answer = self._call(
+                "measure resources",
+                lambda: sandbox.process.exec(COMMAND, timeout=MEASURE_SECONDS),
+                deadline=time.monotonic() + 2 * MEASURE_SECONDS,
+            )
+        except ProviderError as error:
+            raise self._toolbox_refusal(remote_id, error) from error
+        try:
+            return parse_usage(answer.result or "", memory_gb=int(sandbox.memory or 0), disk_gb=int(sandbox.disk or 0))
+        except ValueError as exc:
+            raise ProviderError(f"The sandbox's memory and disk could not be read: {exc}.") from exc
 
     def _started_sdk_sandbox(self, remote_id: str) -> Any:
         """The SDK's ``Sandbox`` (its toolbox is where PTYs live) of a started sandbox;

@@ -44,6 +44,7 @@ Modules, each importing only those listed before it:
 ``agent_client``  requests to an agent over its socket; terminals, programs on pipes, relays, commands
 ``store``         records, the name and token indexes, locks, workspaces
 ``lifecycle``     start and stop: the record's states and the processes behind them
+``resources``     what a running sandbox uses of its memory and disk, read from the host
 ``provider``      :class:`LocalProvider`, the portal's contract
 """
 

@@ -19,6 +19,7 @@ from ..base import (
     ProviderError,
     RemoteSandbox,
     RemoteState,
+    ResourceUsage,
     SandboxProvider,
     SandboxSpec,
 )
@@ -29,6 +30,7 @@ from .agent_client import STATUS_TIMEOUT, CommandResult, LocalProcess, LocalTerm
 from .isolation import Cgroups, namespace_members
 from .lifecycle import Lifecycle
 from .preflight import Problem, local_problems
+from .resources import measure
 from .store import (
     DESTROYING,
     ERROR,
@@ -367,6 +369,15 @@ class LocalProvider(LocalAccess, SandboxProvider):
         sandbox_id = self._running(remote_id)
         return agent_client.run_command(self.store.socket_path(sandbox_id), argv, timeout=timeout)
 
+    def resource_usage(self, remote_id: str) -> ResourceUsage:
+        """Read from the host (see :mod:`.resources`), never through the agent: not activity."""
+        sandbox_id = self._running(remote_id)
+        try:
+            return measure(self.store.load(sandbox_id), self.store.directory(sandbox_id))
+        except (OSError, ValueError) as exc:
+            self._running(sandbox_id)  # it stopped meanwhile: INVALID_STATE
+            raise ProviderError(f"The sandbox's memory and disk could not be read: {exc}") from exc
+
     def record(self, remote_id: str) -> dict | None:
         """The sandbox's record as stored (state, times, processes, cgroups, uid, limits), for
         operators and tests; None when it does not exist. Secrets are stored only hashed."""
@@ -387,6 +398,15 @@ class LocalProvider(LocalAccess, SandboxProvider):
     def problems(self) -> list[Problem]:
         """What keeps sandboxes from running here (empty when nothing does)."""
         return local_problems(bwrap=self.bwrap, root=self.root, python=self.python, own_uids=self.own_uids)
+
+    def check_reachable(self) -> None:
+        """This machine is the backend: reachable when nothing keeps sandboxes from running."""
+        problems = self.problems()
+        if problems:
+            raise ProviderError(
+                f"Sandboxes cannot run on this machine ({', '.join(p.code for p in problems)}).",
+                kind=ErrorKind.UNAVAILABLE,
+            )
 
     # -- the record ---------------------------------------------------------------------------
 
@@ -430,7 +450,21 @@ class LocalProvider(LocalAccess, SandboxProvider):
             recoverable=observed == ERROR,
             last_activity_at=_datetime(last_activity),
             created_at=_datetime(record.get("created_at")),
+            state_changed_at=_state_changed_at(record, observed),
         )
+
+
+def _state_changed_at(record: dict, observed: str) -> datetime | None:
+    """When the record entered the state observed: its start for a started sandbox, its stop
+    for a stopped (or failed) one. Unknown when the record has not caught up with what is
+    observed (its processes died and it could not be settled yet)."""
+    if observed != record["state"]:
+        return None
+    if observed == STARTED:
+        return _datetime(record.get("started_at"))
+    if observed in (STOPPED, ERROR):
+        return _datetime(record.get("stopped_at") or record.get("created_at"))
+    return None
 
 
 def _datetime(timestamp: float | None) -> datetime | None:
