@@ -14,8 +14,9 @@ import ipaddress
 import re
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, copy_context
 from functools import lru_cache
 
 from django.conf import settings
@@ -29,6 +30,14 @@ user_id: ContextVar[int | None] = ContextVar("user_id", default=None)
 sandbox_id: ContextVar[int | None] = ContextVar("sandbox_id", default=None)
 
 _VARIABLES = {"request_id": request_id, "user_id": user_id, "sandbox_id": sandbox_id}
+
+
+class ContextThreadPool(ThreadPoolExecutor):
+    """A thread pool whose work sees the log context of whoever submitted it (its request,
+    user and sandbox ids), so the lines of a bulk stop or a reconcile pass keep them."""
+
+    def submit(self, fn, /, *args, **kwargs) -> Future:
+        return super().submit(copy_context().run, fn, *args, **kwargs)
 
 
 def new_request_id() -> str:

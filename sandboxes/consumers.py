@@ -41,13 +41,14 @@ import queue
 import re
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.db import connections
+
+from joepro.request_context import ContextThreadPool
 
 from . import services
 from .models import ActivitySource, Sandbox, SandboxState
@@ -76,7 +77,7 @@ INPUT_HIGH_WATER = 1 << 20  # bytes waiting for the shell before browser frames 
 
 # Calls that may take seconds (attach, detach, state lookups), kept off the event loop
 # and off the default executor that the rest of the process shares.
-_blocking_calls = ThreadPoolExecutor(max_workers=32, thread_name_prefix="terminal")
+_blocking_calls = ContextThreadPool(max_workers=32, thread_name_prefix="terminal")
 
 
 class TerminalConsumer(AsyncWebsocketConsumer):

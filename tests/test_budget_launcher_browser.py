@@ -30,7 +30,7 @@ def test_the_launcher_shows_the_used_up_budget_and_what_to_do(live_server, dayto
     settings.BUDGET_MONTHLY_COST = Decimal("1.00")
     settings.BUDGET_MONTHLY_RUNNING_HOURS = None
     user = make_user("spent@example.com")
-    ran(user, 0.25, cpu=100)  # 15 min at 5.105124 an hour: USD 1.28
+    ran(user, 0.25, cpu=100)  # 15 min at 5.105124 an hour: $1.28
     client = Client()
     client.force_login(user)
     session = client.cookies[django_settings.SESSION_COOKIE_NAME].value
@@ -52,10 +52,10 @@ def test_the_launcher_shows_the_used_up_budget_and_what_to_do(live_server, dayto
         # The first call to the provider (looking the sandbox's name up) comes before the refusal.
         expect(page.get_by_role("alert")).to_be_visible(timeout=30_000)
         expect(page.locator("#launch-error-message")).to_contain_text(
-            "You have used USD 1.28 of your monthly budget of USD 1.00 this month"
+            "You have used $1.28 of your monthly budget of $1.00 this month"
         )
         details = page.locator("#launch-error-budget")
-        expect(details).to_contain_text("Used this month: USD 1.28 of USD 1.00.")
+        expect(details).to_contain_text("Used this month: US$1.28 of US$1.00.")
         expect(page.locator("#budget-resets")).to_have_text(re.compile(rf"^1 {resets:%B %Y}"))
         expect(page.locator("#budget-resets")).to_have_attribute("datetime", f"{resets:%Y-%m-%d}T00:00:00.000Z")
         expect(details).to_contain_text("What to do: ask an operator to raise your monthly budget")

@@ -122,7 +122,7 @@ def test_alerts_at_80_and_100_percent_are_raised_and_emailed_once(clock, limits,
 
 def test_crossing_both_thresholds_at_once_sends_one_email(clock, limits, owner, mailoutbox):
     stopped_row(owner)
-    ran(owner, 30, cpu=4)  # 30 h at 0.266724 an hour: USD 8.00; and 30 of 10 running hours
+    ran(owner, 30, cpu=4)  # 30 h at 0.266724 an hour: $8.00; and 30 of 10 running hours
 
     report = budgets_check()
 
@@ -132,7 +132,7 @@ def test_crossing_both_thresholds_at_once_sends_one_email(clock, limits, owner, 
         "You have used 80 % of your monthly budget for this month",
         "You have used up your running hours for this month",
     ]
-    assert "USD 8.00 of your monthly budget of USD 10.00" in "".join(e.body for e in mailoutbox)
+    assert "$8.00 of your monthly budget of $10.00" in "".join(e.body for e in mailoutbox)
 
 
 def test_an_operator_raising_the_limit_withdraws_the_alerts_it_no_longer_holds(clock, limits, owner, mailoutbox):
@@ -179,7 +179,7 @@ def test_only_users_near_a_limit_by_the_roll_up_are_metered_exactly(clock, limit
 def test_a_start_over_budget_is_refused_with_the_budget_in_the_error(clock, daytona, limits, owner):
     limits.BUDGET_MONTHLY_COST = Decimal("1.00")
     sandbox = launched_then_stopped(owner)
-    ran(owner, 7)  # 7 h at 0.165924: USD 1.16
+    ran(owner, 7)  # 7 h at 0.165924: $1.16
     client = signed_in(owner)
 
     response = launch(client)
@@ -195,13 +195,13 @@ def test_a_start_over_budget_is_refused_with_the_budget_in_the_error(clock, dayt
         "resetsAt": "2027-01-01T00:00:00+00:00",
         "action": "refuse",
     }
-    assert "USD 1.16 of your monthly budget of USD 1.00" in error["message"]
+    assert "$1.16 of your monthly budget of $1.00" in error["message"]
     assert "1 January 2027" in error["message"] and "ask an operator to raise your budget" in error["message"]
     assert daytona.calls["start"] == 0
     sandbox.refresh_from_db()
     assert sandbox.state == SandboxState.STOPPED and sandbox.last_error_code == "budget_exceeded"
     status = client.get("/api/sandbox").json()["sandbox"]
-    assert status["lastError"]["code"] == "budget_exceeded" and "USD 1.16" in status["lastError"]["message"]
+    assert status["lastError"]["code"] == "budget_exceeded" and "$1.16" in status["lastError"]["message"]
 
 
 def test_the_first_create_is_refused_too(clock, daytona, limits, owner):

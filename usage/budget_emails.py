@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from datetime import datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import TYPE_CHECKING
 
 from django.conf import settings
@@ -19,11 +18,6 @@ if TYPE_CHECKING:
     from .models import BudgetAlert
 
 DASHBOARD_PATH = "/sandbox-portal/sandbox/"
-
-
-def money(amount: Decimal) -> str:
-    """``USD 10.02``: in the deployment's currency, to the cent."""
-    return f"{settings.USAGE_CURRENCY} {amount.quantize(Decimal('0.01'), rounding=ROUND_HALF_UP)}"
 
 
 def reset_text(moment: datetime) -> str:

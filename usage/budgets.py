@@ -28,8 +28,8 @@ from django.utils import timezone
 from sandboxes.models import AuditEvent, Sandbox, SandboxState
 from sandboxes.services import SandboxError, exclusive_lock, sandboxes_stop_many
 
-from .budget_emails import budget_alert_email, money, reset_text
-from .cost import hourly_rate
+from .budget_emails import budget_alert_email, reset_text
+from .cost import hourly_rate, money
 from .instruments import IDLE_STOPS
 from .metering import MonthToDate, month_start, next_month_start, user_month_to_date, whole_second
 from .models import Budget, BudgetAlert, UsageDay

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import date
-from decimal import ROUND_HALF_UP, Decimal
+from decimal import Decimal
 
 from django.conf import settings
+
+from .cost import money
 
 WIDTH = 760
 HEIGHT = 240
@@ -21,17 +23,6 @@ PLOT_WIDTH = WIDTH - LEFT - RIGHT
 PLOT_HEIGHT = HEIGHT - TOP - BOTTOM
 GRIDLINES = 4
 MOST_DAY_LABELS = 10
-CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
-CENTS = Decimal("0.01")
-
-
-def money(amount: Decimal, currency: str | None = None) -> str:
-    """``amount`` to the cent, with the currency's symbol in front when it has a common one
-    (``$1.23``), else its code after (``1.23 CHF``)."""
-    currency = currency or settings.USAGE_CURRENCY
-    text = f"{amount.quantize(CENTS, rounding=ROUND_HALF_UP):,}"
-    symbol = CURRENCY_SYMBOLS.get(currency)
-    return f"{symbol}{text}" if symbol else f"{text} {currency}"
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,8 @@ from django.conf import settings
 
 SECONDS_PER_HOUR = Decimal(3600)
 COST_PLACES = Decimal("0.000001")
+CURRENCY_SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£", "JPY": "¥"}
+CENTS = Decimal("0.01")
 
 
 def cost_of(*, cpu_seconds: int, memory_gib_seconds: int, disk_gib_seconds: int) -> Decimal:
@@ -29,3 +31,14 @@ def hourly_rate(*, cpu: int, memory_gb: int, disk_gb: int, running: bool) -> Dec
         memory_gib_seconds=memory_gb * 3600 if running else 0,
         disk_gib_seconds=billable_disk * 3600,
     )
+
+
+def money(amount: Decimal, currency: str | None = None) -> str:
+    """``amount`` to the cent (to a hundredth of a cent below one cent, as the dashboard shows
+    it), with the currency's symbol in front when it has a common one (``$1.23``), else its
+    code after (``1.23 CHF``)."""
+    currency = currency or settings.USAGE_CURRENCY
+    places = CENTS if amount == 0 or abs(amount) >= CENTS else CENTS / 100
+    text = f"{amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+    symbol = CURRENCY_SYMBOLS.get(currency)
+    return f"{symbol}{text}" if symbol else f"{text} {currency}"

@@ -29,7 +29,8 @@ from django.utils import timezone
 
 from sandboxes.services import PROVIDER_NAMES
 
-from .chart import Chart, money, spend_chart
+from .chart import Chart, spend_chart
+from .cost import COST_PLACES, money
 from .metering import utc_day
 from .models import RollupRun, UsageDay
 
@@ -129,7 +130,8 @@ class Figures:
             memory_gib_hours=_hours(sums["memory"]),
             disk_gib_hours=_hours(sums["disk"]),
             stopped_disk_gib_hours=_hours(sums["stopped_disk"]),
-            cost=sums["spent"] or Decimal(0),
+            # SQLite sums decimals as floats: back to the cost's own places.
+            cost=Decimal(sums["spent"] or 0).quantize(COST_PLACES),
         )
 
     def csv_cells(self) -> list:

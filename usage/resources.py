@@ -17,7 +17,6 @@ timer moves.
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 
 from django.conf import settings
@@ -25,6 +24,7 @@ from django.core.mail import EmailMessage
 from django.db import transaction
 from django.template.loader import render_to_string
 
+from joepro.request_context import ContextThreadPool
 from sandboxes.models import Sandbox, SandboxState
 from sandboxes.providers.base import ProviderError, ResourceUsage
 from sandboxes.services import exclusive_lock
@@ -65,7 +65,7 @@ def resources_sample(*, now: datetime) -> dict:
         running = list(Sandbox.objects.filter(state=SandboxState.STARTED).exclude(remote_id="").select_related("user"))
         if running:
             workers = max(1, min(settings.SANDBOX_STOP_CONCURRENCY, len(running)))
-            with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="resources") as pool:
+            with ContextThreadPool(max_workers=workers, thread_name_prefix="resources") as pool:
                 measured = list(pool.map(_measure, running))
             for sandbox, usage in zip(running, measured, strict=True):
                 if usage is None:

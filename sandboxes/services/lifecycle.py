@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -18,6 +17,7 @@ from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
 
+from joepro.request_context import ContextThreadPool
 from sandboxes.durations import format_duration
 from sandboxes.models import AuditEvent, Sandbox, SandboxState
 from sandboxes.providers import get_provider
@@ -269,7 +269,7 @@ def _stop_rows(
     if not ids:
         return report
     workers = max(1, concurrency or settings.SANDBOX_STOP_CONCURRENCY)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox-stop") as pool:
+    with ContextThreadPool(max_workers=workers, thread_name_prefix="sandbox-stop") as pool:
         for chunk in chunks(ids, max(STOP_CHUNK, workers)):
             _stop_chunk(
                 chunk,

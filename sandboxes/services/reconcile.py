@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -12,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
+from joepro.request_context import ContextThreadPool
 from sandboxes.models import AuditEvent, Sandbox, SandboxState
 from sandboxes.providers import get_provider
 from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState, SandboxProvider
@@ -134,7 +134,7 @@ def sandboxes_reconcile(
             return report
         names = set(Sandbox.objects.values_list("provider", flat=True).distinct()) | {settings.SANDBOX_PROVIDER}
         workers = max(1, concurrency or settings.SANDBOX_STOP_CONCURRENCY)
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="sandbox-reconcile") as pool:
+        with ContextThreadPool(max_workers=workers, thread_name_prefix="sandbox-reconcile") as pool:
             for name in sorted(names):
                 _reconcile_provider(
                     name,

@@ -6,6 +6,7 @@
 // GET /api/sandbox/usage, read when the page loads, every minute while the page is visible,
 // and whenever the dashboard sees the sandbox's state change.
 
+import { currencyFormat, moneyFormat } from "./money.js";
 import { callApi, coalesced } from "./sandbox-api.js";
 import { formatClockTime, formatDateTime, formatDuration, parseTime, setTime } from "./server-time.js";
 
@@ -225,25 +226,6 @@ function meter(id, value, text) {
 
 // Amounts in the currency, in the browser's language: cents, or more places for amounts below
 // a cent that would otherwise read as nothing.
-function moneyFormat(currency) {
-  const formats = {};
-  return (value) => {
-    const amount = Number(value);
-    const places = amount !== 0 && Math.abs(amount) < 0.01 ? 4 : 2;
-    formats[places] ??= currencyFormat(currency, places);
-    return formats[places].format(amount);
-  };
-}
-
-function currencyFormat(currency, places) {
-  return new Intl.NumberFormat(undefined, {
-    style: "currency",
-    currency,
-    minimumFractionDigits: 2,
-    maximumFractionDigits: places,
-  });
-}
-
 // The rates with every place they are set with (a disk rate is a fraction of a cent).
 function ratesText(rates, currency) {
   const rate = (value) => {

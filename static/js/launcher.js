@@ -4,6 +4,7 @@
 // The launch protocol lives in sandbox-api.js; once a sandbox is open, presence.js tells the
 // portal every minute whether someone used the page (an untouched tab is not activity).
 
+import { moneyFormat } from "./money.js";
 import { startPresence } from "./presence.js";
 import { LaunchError, SignInRequired, launchSandbox } from "./sandbox-api.js";
 
@@ -343,7 +344,8 @@ function setUpLauncher() {
   function showBudget(budget) {
     if (!budget) return;
     const isCost = budget.limit === "cost";
-    const amount = (value) => (isCost ? `${budget.currency} ${value}` : `${value} running hours`);
+    const money = moneyFormat(budget.currency);
+    const amount = (value) => (isCost ? money(value) : `${value} running hours`);
     byId("budget-used").textContent = amount(budget.used);
     byId("budget-allowed").textContent = amount(budget.allowed);
     byId("budget-limit-name").textContent = isCost ? "monthly budget" : "running-hours cap";

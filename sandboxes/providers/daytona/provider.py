@@ -28,13 +28,15 @@ import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import urllib3
 from daytona import Daytona, DaytonaConfig
 from daytona_api_client import SandboxApi, SandboxListSortDirection, SandboxListSortField
+
+from joepro.request_context import ContextThreadPool
 
 from ..base import (
     Capability,
@@ -111,7 +113,7 @@ class DaytonaProvider(Toolbox, SandboxProvider):
         self._lock = threading.Lock()
         self._client: Daytona | None = None
         self._sandbox_api: SandboxApi | None = None
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: ContextThreadPool | None = None
 
     # -- lookups ------------------------------------------------------------------------
 
@@ -309,11 +311,11 @@ class DaytonaProvider(Toolbox, SandboxProvider):
         pool.connection_pool_kw["retries"] = urllib3.Retry(total=3, respect_retry_after_header=False)
         return api
 
-    def _pool(self) -> ThreadPoolExecutor:
+    def _pool(self) -> ContextThreadPool:
         if self._executor is None:
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(max_workers=POOL_THREADS, thread_name_prefix="daytona")
+                    self._executor = ContextThreadPool(max_workers=POOL_THREADS, thread_name_prefix="daytona")
         return self._executor
 
     def _run_concurrently(self, first: Callable[[], Any], *others: Callable[[], Any]) -> list[Any]:
