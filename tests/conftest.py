@@ -40,6 +40,23 @@ def outsider(db):
     return make_user("outsider@example.com")
 
 
+@pytest.fixture
+def operator(db):
+    """A superuser of the operators' console."""
+    return get_user_model().objects.create_superuser(
+        username="ops@example.com", email="ops@example.com", password="correct horse 42"
+    )
+
+
+@pytest.fixture
+def console(operator) -> Client:
+    """The operators' console, signed in as :func:`operator` (CSRF checks off, as the admin's
+    own forms carry the token)."""
+    client = Client()
+    client.force_login(operator)
+    return client
+
+
 def signed_in(user) -> Client:
     client = Client(enforce_csrf_checks=True)
     client.force_login(user)

@@ -16,20 +16,6 @@ CHANGELIST = "/admin/sandboxes/sandbox/"
 
 
 @pytest.fixture
-def admin_user(db):
-    return get_user_model().objects.create_superuser(
-        username="ops@example.com", email="ops@example.com", password="correct horse 42"
-    )
-
-
-@pytest.fixture
-def console(admin_user) -> Client:
-    client = Client()
-    client.force_login(admin_user)
-    return client
-
-
-@pytest.fixture
 def sandboxes(daytona, owner, teammate):
     """The owner's sandbox idle for three hours, the teammate's in use; with their access."""
     access = {}
@@ -102,7 +88,7 @@ def test_remote_fields_are_read_only_and_rows_cannot_be_added_or_deleted(console
     assert console.get(f"{CHANGELIST}{sandbox.pk}/delete/").status_code == 403
 
 
-def test_stop_action_stops_revokes_and_records_the_admin(console, admin_user, daytona, sandboxes):
+def test_stop_action_stops_revokes_and_records_the_admin(console, operator, daytona, sandboxes):
     rows, access = sandboxes
     sandbox = rows["owner@example.com"]
 
@@ -113,12 +99,12 @@ def test_stop_action_stops_revokes_and_records_the_admin(console, admin_user, da
     assert daytona.ssh_tokens(sandbox.remote_id) == []
     assert Sandbox.objects.get(pk=sandbox.pk).state == SandboxState.STOPPED
     event = AuditEvent.objects.get(sandbox=sandbox, action="stop")
-    assert event.actor == admin_user and event.actor_type == "admin"
+    assert event.actor == operator and event.actor_type == "admin"
     assert "ops@example.com" in event.reason
     assert act(console, "stop_sandboxes", sandbox)[0] == "Stopped 0, already stopped 1, failed 0."
 
 
-def test_start_action_resumes_a_stopped_sandbox(console, admin_user, daytona, sandboxes):
+def test_start_action_resumes_a_stopped_sandbox(console, operator, daytona, sandboxes):
     rows, _ = sandboxes
     sandbox = rows["owner@example.com"]
     daytona.set_state(sandbox.remote_id, "stopped")
@@ -129,11 +115,11 @@ def test_start_action_resumes_a_stopped_sandbox(console, admin_user, daytona, sa
     assert messages[0] == "Started 1, failed 0."
     assert daytona.sandbox(sandbox.remote_id)["state"] == "started"
     assert Sandbox.objects.get(pk=sandbox.pk).state == SandboxState.STARTED
-    assert AuditEvent.objects.get(sandbox=sandbox, action="start").actor == admin_user
+    assert AuditEvent.objects.get(sandbox=sandbox, action="start").actor == operator
 
 
 def test_delete_action_destroys_the_remote_sandbox_and_the_next_launch_recreates_it(
-    console, admin_user, daytona, sandboxes, owner
+    console, operator, daytona, sandboxes, owner
 ):
     rows, _ = sandboxes
     sandbox = rows["owner@example.com"]
@@ -144,12 +130,12 @@ def test_delete_action_destroys_the_remote_sandbox_and_the_next_launch_recreates
     assert daytona.sandbox(sandbox.remote_id) is None
     row = Sandbox.objects.get(pk=sandbox.pk)
     assert row.state == SandboxState.GONE and row.remote_id == ""
-    assert AuditEvent.objects.get(sandbox=sandbox, action="delete").actor == admin_user
+    assert AuditEvent.objects.get(sandbox=sandbox, action="delete").actor == operator
     relaunched = launch(signed_in(owner)).json()["sandbox"]
     assert relaunched["id"] != sandbox.remote_id and relaunched["state"] == "started"
 
 
-def test_refresh_action_mirrors_the_remote_state(console, admin_user, daytona, sandboxes):
+def test_refresh_action_mirrors_the_remote_state(console, operator, daytona, sandboxes):
     rows, _ = sandboxes
     sandbox = rows["teammate@example.com"]
     daytona.set_state(sandbox.remote_id, "archived")
@@ -159,7 +145,7 @@ def test_refresh_action_mirrors_the_remote_state(console, admin_user, daytona, s
     assert messages[0] == "Refreshed 1, failed 0."
     assert Sandbox.objects.get(pk=sandbox.pk).state == SandboxState.ARCHIVED
     event = AuditEvent.objects.get(sandbox=sandbox, action="state_synced")
-    assert event.actor == admin_user and event.detail == {"from": "started", "to": "archived"}
+    assert event.actor == operator and event.detail == {"from": "started", "to": "archived"}
 
 
 def test_an_action_that_fails_says_so(console, daytona, sandboxes):

@@ -7,23 +7,11 @@ from datetime import date
 from decimal import Decimal
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.test import Client
 from django.utils import timezone
 
 from usage.models import Budget, BudgetAlert
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def console(db) -> Client:
-    admin = get_user_model().objects.create_superuser(
-        username="ops@example.com", email="ops@example.com", password="correct horse 42"
-    )
-    client = Client()
-    client.force_login(admin)
-    return client
 
 
 def test_the_budget_list_shows_limits_and_defaults_and_searches_by_email(console, owner, teammate, settings):

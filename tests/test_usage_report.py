@@ -26,20 +26,6 @@ REPORT = "/admin/usage/report/"
 DECEMBER = {"start": "2026-12-01", "end": "2026-12-31"}
 
 
-@pytest.fixture
-def operator(db):
-    return get_user_model().objects.create_superuser(
-        username="ops@example.com", email="ops@example.com", password="correct horse 42"
-    )
-
-
-@pytest.fixture
-def console(operator) -> Client:
-    client = Client()
-    client.force_login(operator)
-    return client
-
-
 def used(
     user, day: date, *, provider="local", hours=1, cpu=2, memory=4, disk=0, stopped_disk=0, cost="0.10", name=None
 ):
