@@ -5,10 +5,11 @@ database work done off Playwright's thread."""
 from __future__ import annotations
 
 import threading
-from datetime import datetime
+from datetime import UTC, datetime
 
 from django.conf import settings as django_settings
 from django.db import connections
+from django.utils import timezone
 from playwright.sync_api import Page
 
 from tests.browser import REPORT_CSP_VIOLATIONS
@@ -62,6 +63,18 @@ def off_the_page_thread(function, *args, **kwargs):
     if "error" in outcome:
         raise outcome["error"]
     return outcome.get("result")
+
+
+# How the pages show a moment (the tab is on UTC): "14:32" today, "8 Dec, 01:05" another day.
+CLOCK_TIME = r"(\d{1,2} [A-Z][a-z]{2}, )?\d\d:\d\d"
+
+
+def clock_time(at: datetime) -> str:
+    """``at`` as the pages show it (see :data:`CLOCK_TIME`), today being the server's."""
+    at = at.astimezone(UTC)
+    if at.date() == timezone.now().astimezone(UTC).date():
+        return f"{at:%H:%M}"
+    return f"{at.day} {at:%b}, {at:%H:%M}"
 
 
 def time_attribute(page: Page, selector: str) -> datetime:

@@ -22,9 +22,11 @@ from sandboxes.models import AccessGrant, Sandbox, SandboxState
 from sandboxes.providers.local import LocalProvider
 from tests.conftest import make_user, signed_in
 from tests.dashboard_pages import (  # noqa: F401 (fixtures)
+    CLOCK_TIME,
     DASHBOARD,
     asgi_server,
     browser,
+    clock_time,
     off_the_page_thread,
     provider,
     signed_in_tab,
@@ -66,11 +68,11 @@ def test_stop_now_then_restart(provider, asgi_server, request):
     page = open_dashboard(request, asgi_server, client, errors)
     expect(page.locator("#fact-resources")).to_have_text(re.compile(r"^\d+ vCPU · \d+ GB RAM · \d+ GB disk$"))
     expect(page.locator("#fact-running-for")).to_have_text(re.compile(r"less than a minute|\d+ min"))
-    expect(page.locator("#idle-running")).to_have_text(re.compile(r"^Stops at \d\d:\d\d unless you are active$"))
+    expect(page.locator("#idle-running")).to_have_text(re.compile(rf"^Stops at {CLOCK_TIME} unless you are active$"))
 
     page.get_by_role("button", name="Stop now").click()
     expect(page.locator("#state-text")).to_have_text("Stopped")
-    expect(page.locator("#idle-stopped")).to_have_text(re.compile(r"^Stopped at \d\d:\d\d$"))
+    expect(page.locator("#idle-stopped")).to_have_text(re.compile(rf"^Stopped at {CLOCK_TIME}$"))
     expect(page.get_by_role("button", name="Stop now")).to_be_disabled()
     expect(page.locator("#connect-details")).to_be_hidden()
     assert sandbox_row(remote_id).state == SandboxState.STOPPED
@@ -213,7 +215,7 @@ def test_my_idle_period_persists_and_moves_the_stop(provider, asgi_server, reque
     while abs(time_attribute(page, "#idle-stop-time") - expected) > timedelta(seconds=1):
         assert time.monotonic() < deadline, (time_attribute(page, "#idle-stop-time"), expected)
         time.sleep(0.1)
-    expect(page.locator("#idle-stop-time")).to_have_text(expected.strftime("%H:%M"))
+    expect(page.locator("#idle-stop-time")).to_have_text(clock_time(expected))
 
     page.reload()
     expect(page.get_by_label("Stop after being idle for")).to_have_value("30")
@@ -277,10 +279,10 @@ def test_the_warning_before_an_idle_stop_and_its_extension(provider, asgi_server
     errors: list[str] = []
     page = signed_in_tab(request.getfixturevalue("browser"), asgi_server, client, errors)
     page.goto(DASHBOARD)
-    expect(page.locator("#idle-stop-time")).to_have_text(f"{stop_at:%H:%M}")
+    expect(page.locator("#idle-stop-time")).to_have_text(clock_time(stop_at))
     banner = stop_warning(page)
     expect(banner.locator(".stop-warning__text")).to_have_text(
-        f"Your sandbox stops at {stop_at:%H:%M} unless you are active."
+        f"Your sandbox stops at {clock_time(stop_at)} unless you are active."
     )
     expect(banner.get_by_role("button", name="+4 h")).to_be_visible()
 
@@ -288,10 +290,10 @@ def test_the_warning_before_an_idle_stop_and_its_extension(provider, asgi_server
     expect(banner).to_be_hidden()
     later = stop_at + timedelta(hours=1)
     assert abs(sandbox_row(remote_id).idle_deadline - later) < timedelta(seconds=5)
-    expect(page.locator("#idle-stop-time")).to_have_text(f"{later:%H:%M}")
+    expect(page.locator("#idle-stop-time")).to_have_text(clock_time(later))
     assert abs(time_attribute(page, "#idle-stop-time") - later) < timedelta(seconds=5)
     expect(page.locator("#stop-warning-status")).to_have_text(
-        f"Your sandbox now stops at {later:%H:%M} unless you are active."
+        f"Your sandbox now stops at {clock_time(later)} unless you are active."
     )
     assert errors == []
 
@@ -307,7 +309,7 @@ def test_the_terminal_page_warns_before_an_idle_stop_too(provider, asgi_server, 
     expect(page.locator("#terminal-status")).to_have_text("Connected")
     banner = stop_warning(page)
     expect(banner.locator(".stop-warning__text")).to_have_text(
-        re.compile(r"^Your sandbox stops at \d\d:\d\d unless you are active\.$")
+        re.compile(rf"^Your sandbox stops at {CLOCK_TIME} unless you are active\.$")
     )
     shown = time_attribute(page, "#stop-warning .stop-warning__time")
     assert abs(sandbox_row(remote_id).idle_deadline - shown) < timedelta(minutes=1)
@@ -316,7 +318,7 @@ def test_the_terminal_page_warns_before_an_idle_stop_too(provider, asgi_server, 
     expect(banner).to_be_hidden()
     assert sandbox_row(remote_id).idle_deadline >= shown + timedelta(hours=1) - timedelta(seconds=5)
     expect(page.locator("#stop-warning-status")).to_have_text(
-        re.compile(r"^Your sandbox now stops at \d\d:\d\d unless you are active\.$")
+        re.compile(rf"^Your sandbox now stops at {CLOCK_TIME} unless you are active\.$")
     )
     # The keyboard is back in the terminal.
     type_line(page, "echo $((6*7))")
@@ -356,7 +358,7 @@ def test_a_wrong_clock_in_the_browser_changes_nothing(provider, asgi_server, req
     page.clock.install(time=timezone.now() + timedelta(hours=3))  # past the stop, by the browser's clock
     page.goto(DASHBOARD)
     expect(page.locator("#state-text")).to_have_text("Running")
-    expect(page.locator("#idle-stop-time")).to_have_text(f"{stop_at:%H:%M}")
+    expect(page.locator("#idle-stop-time")).to_have_text(clock_time(stop_at))
     expect(page.locator("#fact-running-for")).to_have_text(re.compile(r"^(less than a minute|\d min)$"))
     expect(page.locator("#stop-warning")).to_be_hidden()
     assert errors == []

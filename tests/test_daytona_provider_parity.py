@@ -8,11 +8,13 @@ Through the real SDK; the fake's transitions complete on its own clock (``advanc
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
 from sandboxes.providers.base import ErrorKind, ProviderError, RemoteState
 from sandboxes.providers.daytona import convert
+from sandboxes.providers.daytona.terminal import PTY_POLL_SECONDS
 from tests.daytona_fixtures import MANAGED, make_spec, provider, started_sandbox  # noqa: F401 - fixtures
 from tests.fake_daytona.timings import Timings
 
@@ -194,6 +196,24 @@ def test_a_detached_terminal_reports_no_exit(provider, fake_daytona):
 
     assert terminal.exit_code is None  # the shell still runs
     assert [s.id for s in fake_daytona.ptys.list(sandbox_id)] == ["web-1"]
+
+
+def test_a_terminal_quiet_for_a_while_still_carries_what_comes_after(provider, fake_daytona):
+    """The pump waits on the SDK's handle in slices: a slice that ends with no output is not
+    the end of the stream (whatever the websocket library raises for it)."""
+    sandbox_id = started_sandbox(fake_daytona)
+    terminal = provider.open_terminal(sandbox_id, session_id="web-1", cols=80, rows=24)
+    time.sleep(PTY_POLL_SECONDS * 2.5)  # the prompt, then nothing for several slices
+
+    terminal.write(b"echo after-$((6*7))\r")
+    seen = b""
+    deadline = time.monotonic() + 10
+    while b"after-42" not in seen and time.monotonic() < deadline:
+        chunk = terminal.read()
+        assert chunk, f"the terminal ended: exit {terminal.exit_code}, output {seen[-200:]!r}"
+        seen += chunk
+    terminal.detach()
+    assert b"after-42" in seen
 
 
 def test_an_open_terminal_does_not_keep_daytonas_activity_timer_fresh(provider, fake_daytona):

@@ -17,6 +17,7 @@ from decimal import ROUND_HALF_UP, Decimal
 
 import pytest
 import time_machine
+from django.templatetags.static import static
 from django.utils import timezone
 from playwright.sync_api import Page, expect
 
@@ -31,6 +32,7 @@ from tests.dashboard_pages import (  # noqa: F401 (fixtures)
 )
 from tests.test_accessibility_browser import assert_accessible, in_colour_scheme
 from tests.test_terminal_browser import launched_by_owner
+from usage import cost
 from usage.models import Budget, BudgetAlert, ResourceSample
 
 pytestmark = [
@@ -74,10 +76,9 @@ def with_past_usage():
 
 
 def money(value: str) -> str:
-    """An amount as the page writes it in British English: US$1.50, US$0.0012 below a cent."""
-    amount = Decimal(value)
-    places = Decimal("0.0001") if 0 < abs(amount) < Decimal("0.01") else Decimal("0.01")
-    return f"US${amount.quantize(places, rounding=ROUND_HALF_UP):,}"
+    """An amount as the server writes it, with the symbol British English gives the dollar:
+    US$1.50, US$0.0012 below a cent."""
+    return cost.money(Decimal(value), "USD").replace("$", "US$")
 
 
 def month_cost(client) -> Decimal:
@@ -190,6 +191,17 @@ def test_costs_budget_notices_and_resources(mid_month, provider, asgi_server, re
     expect(page.locator("#resources-details")).to_be_hidden()
     expect(page.locator('[data-notice="resource-memory"]')).to_have_count(0)
     assert errors == []
+
+
+def test_the_pages_write_money_as_the_server_does(provider, asgi_server, request):
+    amounts = ["0", "0.00001", "0.00004", "0.00005", "0.001", "0.0099", "0.01", "0.5", "1234.5", "98765.4321"]
+    page = signed_in_tab(request.getfixturevalue("browser"), asgi_server, None, [])
+    page.goto("/")
+    shown = page.evaluate(
+        "async ([module, amounts]) => amounts.map((await import(module)).moneyFormat('USD'))",
+        [static("js/money.js"), amounts],
+    )
+    assert shown == [money(amount) for amount in amounts]
 
 
 def test_the_usage_panels_pass_an_accessibility_scan(mid_month, provider, asgi_server, request):

@@ -224,8 +224,6 @@ function meter(id, value, text) {
   setText(document.getElementById(`${id}-text`), text);
 }
 
-// Amounts in the currency, in the browser's language: cents, or more places for amounts below
-// a cent that would otherwise read as nothing.
 // The rates with every place they are set with (a disk rate is a fraction of a cent).
 function ratesText(rates, currency) {
   const rate = (value) => {

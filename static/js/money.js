@@ -15,7 +15,7 @@ export function currencyFormat(currency, places) {
   return new Intl.NumberFormat(undefined, {
     style: "currency",
     currency,
-    minimumFractionDigits: 2,
+    minimumFractionDigits: places,
     maximumFractionDigits: places,
   });
 }
