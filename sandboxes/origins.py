@@ -76,6 +76,13 @@ def origin_allowed(scope: dict) -> bool:
     return own is not None and (origin == own or origin in trusted_origins())
 
 
+class _Denier(WebsocketDenier):
+    """Closes the upgrade before accepting it, without the channel layer: a refusal needs no
+    channel of its own, nor a Redis connection waiting on one."""
+
+    channel_layer_alias = ""  # an alias no configuration has: no layer
+
+
 class ExactOriginValidator:
     """ASGI middleware for websockets: passes the upgrade on when its ``Origin`` is allowed
     (:func:`origin_allowed`), and otherwise closes it before accepting (the client sees 403)."""
@@ -88,4 +95,4 @@ class ExactOriginValidator:
             raise ValueError("ExactOriginValidator is for websocket connections only")
         if origin_allowed(scope):
             return await self.application(scope, receive, send)
-        return await WebsocketDenier()(scope, receive, send)
+        return await _Denier()(scope, receive, send)

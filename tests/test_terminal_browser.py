@@ -55,7 +55,10 @@ def asgi_server(transactional_db):
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.bind(("127.0.0.1", 0))
     port = listener.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(_application(), lifespan="off", log_level="warning"))
+    # A channel-layer receive of a closed live-updates socket can outlast it (channels_redis on
+    # redis-py 8); the teardown cancels what is still running after a moment instead of waiting.
+    config = uvicorn.Config(_application(), lifespan="off", log_level="warning", timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10

@@ -10,9 +10,11 @@ on the fake Daytona.
 from __future__ import annotations
 
 import json
+import time
 from urllib.parse import urlsplit
 
 import pytest
+import redis
 from django.conf import settings as django_settings
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
@@ -68,6 +70,22 @@ def test_other_origins_of_the_portals_host_get_no_shell(owners_sandbox, daytona)
         assert_refused(server, remote_id, client, origin)
 
     assert daytona.calls["pty_create"] == 0
+
+
+def test_a_refusal_leaves_nothing_waiting_on_redis(owners_sandbox):
+    """A refused upgrade opens no channel: nothing is left blocked on Redis for it, however many
+    a hostile page tries."""
+    server, remote_id, client = owners_sandbox
+    redis_server = redis.Redis.from_url(django_settings.REDIS_URL)
+
+    def waiting_on_redis() -> int:
+        return sum(1 for entry in redis_server.client_list() if entry["cmd"].startswith(("bzpopmin", "blpop", "brpop")))
+
+    before = waiting_on_redis()
+    for _ in range(5):
+        assert_refused(server, remote_id, client, "https://evil.example")
+    time.sleep(0.5)
+    assert waiting_on_redis() == before
 
 
 def test_the_portals_own_exact_origin_gets_the_shell(owners_sandbox, daytona):
