@@ -15,6 +15,8 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 
+from .consumers import NO_CHANNEL_LAYER
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 Origin = tuple[str, str, int]
 
@@ -80,7 +82,7 @@ class _Denier(WebsocketDenier):
     """Closes the upgrade before accepting it, without the channel layer: a refusal needs no
     channel of its own, nor a Redis connection waiting on one."""
 
-    channel_layer_alias = ""  # an alias no configuration has: no layer
+    channel_layer_alias = NO_CHANNEL_LAYER
 
 
 class ExactOriginValidator:
