@@ -88,13 +88,14 @@ def test_create_always_sends_auto_stop_even_when_zero(provider, fake_daytona):
 
 
 def test_create_from_snapshot_sends_no_resources(provider, fake_daytona):
+    fake_daytona.add_snapshot("joepro-dev", cpu=3, mem=6, disk=9)
+
     sandbox = provider.create(make_spec(image="", snapshot="joepro-dev"), wait_seconds=5)
 
     remote = fake_daytona.sandbox(sandbox.id)
-    unsized = fake_daytona.add_sandbox(name="unsized")
     assert remote["snapshot"] == "joepro-dev"
-    resources = ("cpu", "memory", "disk")
-    assert [remote[key] for key in resources] == [unsized[key] for key in resources]
+    # The snapshot's, not the spec's (the server refuses resources beside a snapshot).
+    assert [remote[key] for key in ("cpu", "memory", "disk")] == [3, 6, 9]
 
 
 def test_create_returns_creating_when_the_wait_runs_out(provider, fake_daytona):

@@ -23,13 +23,17 @@ Sandboxes behave as the hosted service: transitions take realistic time by defau
 and a start are held up to 30 s until the sandbox runs (:mod:`.holds`), image builds are
 cached by the Dockerfile's text (:mod:`.builds`), a delete renames the sandbox and lets it go
 later, the listing lags behind deletes and pages on last activity (:mod:`.listing`), and
-every API call counts against per-minute rate limits (:mod:`.ratelimits`).
+every API call counts against per-minute rate limits (:mod:`.ratelimits`). Snapshots
+(``/api/snapshots``, :mod:`.snapshots`) are built or pulled through their states, stream their
+build log from the proxy, and are what a create with ``snapshot=<name>`` must name (the
+general ``daytonaio/sandbox:0.4.3`` when it names none); ``fake.add_snapshot(name)`` seeds one.
 
 Another process can drive it over HTTP: ``POST /__faults``, ``GET /__stats``,
 ``POST /__state``, ``POST /__clock``, ``POST /__reset``, ``POST /__config`` (latency,
 ``timings``, ``time_scale``, ``transition_seconds``, ``list_lag``, ``rate_limits``,
 ``rate_limit_window``, ``failing_builds``, ``create_answer_after_hold``, SSH host and port),
-``POST /__seed``, ``POST /__delete``, ``POST /__autostop``, ``GET /__sandboxes``; and
+``POST /__seed``, ``POST /__delete``, ``POST /__autostop``, ``GET /__sandboxes``,
+``GET|POST /__snapshots``; and
 ``python -m tests.fake_daytona --timings instant --rate-limit sandbox-create=2`` (or
 ``FAKE_DAYTONA_TIMINGS=instant``) sets the same from the command line.
 """

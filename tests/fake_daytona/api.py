@@ -23,6 +23,7 @@ from .middleware import (
     operation,
 )
 from .records import ApiError
+from .snapshot_api import add_snapshot_routes
 from .store import SandboxStore
 
 
@@ -53,6 +54,7 @@ def build_api_app(fake: Any) -> web.Application:
     add("GET", "/sandbox/{id}/ports/{port}/signed-preview-url", get_signed_preview_url)
     add("POST", "/sandbox/{id}/ports/{port}/signed-preview-url/{token}/expire", expire_signed_preview_url)
     add("GET", "/sandbox/{id}/toolbox-proxy-url", get_toolbox_proxy_url)
+    add_snapshot_routes(app)
     add("*", "/{tail:.*}", unknown_route)
     return app
 

@@ -100,6 +100,14 @@ class BuildCache:
             build.last_used = now
             return build, build.ready_at > now
 
+    def failing_match(self, dockerfile: str) -> tuple[str, str] | None:
+        """The first failing text ``dockerfile`` contains, with its reason (None: it builds)."""
+        with self._lock:
+            for text, reason in self.failing.items():
+                if text in dockerfile:
+                    return text, reason
+        return None
+
     def _failing_reason(self, dockerfile: str) -> str | None:
         for text, reason in self.failing.items():
             if text in dockerfile:

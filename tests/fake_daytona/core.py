@@ -34,6 +34,7 @@ from .records import (
     not_found,
     random_token,
 )
+from .snapshots import SnapshotStore
 from .timings import Timings
 from .transitions import Phase, Plan, api_state, delete_plan, phase_seconds
 
@@ -45,6 +46,7 @@ class StoreCore:
         self.clock = clock
         self.timings = Timings.realistic()
         self.builds = BuildCache()
+        self.snapshots = SnapshotStore(clock, self.builds, lambda: self.timings)
         self.base_url = "http://127.0.0.1:0"
         self.ssh_host = "127.0.0.1"
         self.ssh_port = 2222
@@ -66,6 +68,7 @@ class StoreCore:
         self._snapshot: _ListSnapshot | None = None
         self._ghosts: dict[str, _ListGhost] = {}
         self.builds.clear()
+        self.snapshots.clear()
         self.activity.reset()
 
     @property

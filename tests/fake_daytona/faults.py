@@ -29,6 +29,15 @@ API_OPERATIONS = (
     "signed_preview_url",
     "expire_signed_preview_url",
     "toolbox_proxy_url",
+    "snapshot_create",
+    "snapshot_get",
+    "snapshot_list",
+    "snapshot_delete",
+    "snapshot_activate",
+    "snapshot_deactivate",
+    "snapshot_build_logs_url",
+    "snapshot_build_logs",
+    "snapshot_logs",  # the proxy's build-log stream (``status``, ``reset`` and ``slow`` only)
 )
 PTY_OPERATIONS = ("pty_create", "pty_connect", "pty_resize", "pty_kill", "pty_list", "pty_info")
 TOOLBOX_OPERATIONS = ("process_execute",)
@@ -44,7 +53,7 @@ WEBSOCKET_KINDS = ("no_connected", "error_frame", "close_no_reason", "slow_consu
 # Kinds that let the operation happen and make the transition it starts end in an error
 # state (``build_failed`` for an image build, else ``error``), errorReason = the message.
 TRANSITION_KINDS = ("ends_in_error",)
-TRANSITION_OPERATIONS = ("create", "start", "recover")
+TRANSITION_OPERATIONS = ("create", "start", "recover", "snapshot_create")
 KINDS = HTTP_KINDS + WEBSOCKET_KINDS + TRANSITION_KINDS
 
 DEFAULT_SECONDS = {"slow": 5.0, "commit_then_hang": 30.0}

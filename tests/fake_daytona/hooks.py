@@ -33,6 +33,8 @@ def add_hook_routes(app: web.Application) -> None:
     add("GET", "/__activity", _hook(activity))
     add("POST", "/__activity", _hook(configure_activity))
     add("POST", "/__resources", _hook(set_resources))
+    add("GET", "/__snapshots", _hook(snapshots))
+    add("POST", "/__snapshots", _hook(add_snapshot))
 
 
 def _hook(handler: Callable[[web.Request, dict[str, Any]], Any]) -> HookHandler:
@@ -75,6 +77,17 @@ def stats(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
 
 def sandboxes(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
     return {"sandboxes": fake_of(request).sandboxes()}
+
+
+def snapshots(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    return {"snapshots": fake_of(request).snapshots()}
+
+
+def add_snapshot(request: web.Request, body: dict[str, Any]) -> dict[str, Any]:
+    """``{"name": ..., "state"?: "active", ...camelCase fields}``: a seeded snapshot (409 as 400)."""
+    options = dict(body)
+    name = str(options.pop("name"))
+    return fake_of(request).add_snapshot(name, str(options.pop("state", "active")), **options)
 
 
 def set_state(request: web.Request, body: dict[str, Any]) -> dict[str, Any] | None:

@@ -155,8 +155,13 @@ class LifecycleMixin(StoreCore):
             else:
                 if any(body.get(key) for key in ("cpu", "gpu", "memory", "disk")):
                     raise ApiError(400, "Cannot specify Sandbox resources when using a snapshot")
+                # The snapshot (the default one when none is named) must exist and be active;
+                # the sandbox takes its name and resources (see .snapshots).
+                fields.update(self.snapshots.for_sandbox(body.get("snapshot"), fields.get("target")))
                 plan = create_plan(self.timings, fail_reason)
             sb = self._insert(name=name, labels=labels, state=plan.phases[0].state, fields=fields)
+            if build_info is None:
+                self.snapshots.record_use(sb.data["snapshot"])
             self._run_plan(sb, plan)
             self._advance(sb)
             return self._render(sb)

@@ -22,7 +22,8 @@ from .middleware import FAKE_KEY
 from .preview import add_preview_routes
 from .pty_sessions import PtyManager
 from .ratelimits import RateLimiter
-from .records import ApiError
+from .records import ORGANIZATION_ID, ApiError
+from .snapshot_api import add_snapshot_log_routes
 from .store import SandboxStore
 from .timings import Timings
 from .toolbox import build_toolbox_app
@@ -272,8 +273,11 @@ class FakeDaytona:
         (accepted, but the transition ends in ``error``, or ``build_failed`` for an image
         build, which then runs even if the Dockerfile was built before; errorReason =
         ``message``; a held create or start then answers 400 "Sandbox failed to start:
-        <reason>"). Rate limits are not faults: see ``set_rate_limit``; a ``status`` or
-        ``bad_shape`` answer carries no rate-limit header but the fault's.
+        <reason>"). For ``snapshot_create``: ``ends_in_error`` (the runner refuses the work:
+        a build ends in ``build_failed``, a pull in ``error``, errorReason = ``message``).
+        The proxy's build-log stream (``snapshot_logs``) takes ``status``, ``reset``, ``slow``.
+        Rate limits are not faults: see ``set_rate_limit``; a ``status`` or ``bad_shape``
+        answer carries no rate-limit header but the fault's.
         For ``pty_create``/``pty_connect`` after the upgrade:
         ``no_connected``, ``error_frame``, ``close_no_reason``, ``slow_consumer``,
         ``exit`` (``exit_code=N``).
@@ -386,6 +390,30 @@ class FakeDaytona:
             self.store.destroy_now(id_or_name)
         except ApiError:
             raise KeyError(id_or_name) from None
+
+    # ----- snapshots, out of band -------------------------------------------------------
+
+    def snapshots(self) -> list[dict[str, Any]]:
+        """Every snapshot as the API shows it (steps due taken), the general default included."""
+        return self.store.snapshots.all()
+
+    def snapshots_by_name(self) -> dict[str, dict[str, Any]]:
+        """The organisation's own snapshots (no general or other organisation's ones) by name."""
+        return {snap["name"]: snap for snap in self.snapshots() if snap["organizationId"] == ORGANIZATION_ID}
+
+    def snapshot(self, id_or_name: str) -> dict[str, Any] | None:
+        """One snapshot by id or name (the organisation's, else a general one), or None."""
+        return self.store.snapshots.peek(id_or_name)
+
+    def add_snapshot(self, name: str, state: str = "active", **fields: Any) -> dict[str, Any]:
+        """Pre-seed a snapshot (pulled from ``imageName``, default ``ubuntu:22.04``), e.g.
+        one a sandbox create may name. ``fields`` are camelCase overrides (``cpu``, ``mem``,
+        ``disk``, ``errorReason``, ``organizationId`` for another organisation's). A
+        transitional ``state`` never ends. Raises ValueError if the name is taken."""
+        try:
+            return self.store.snapshots.add(name, state, **fields)
+        except ApiError as error:
+            raise ValueError(error.message) from None
 
     def ssh_tokens(self, sandbox_id: str) -> list[str]:
         """Live (unrevoked, unexpired) SSH tokens of a sandbox."""
@@ -517,6 +545,7 @@ class FakeDaytona:
         app.add_subapp("/api", build_api_app(self))
         app.add_subapp("/toolbox", build_toolbox_app(self))
         add_preview_routes(app)
+        add_snapshot_log_routes(app)
         add_hook_routes(app)
         return app
 

@@ -42,6 +42,10 @@ class Timings:
     destroy_queue: float  # an accepted delete, the sandbox still in its old state
     destroy: float  # ``destroying`` until gone (404)
     delete_list_lag: float  # the listing still shows a deleted sandbox as it was
+    snapshot_queue: float  # a new snapshot: ``pending`` until the snapshot manager picks a runner
+    snapshot_build: float  # then ``building`` (a Dockerfile) until built, pushed and seen ``active``
+    snapshot_pull: float  # or ``pulling`` (an image name) until pulled, pushed and seen ``active``
+    snapshot_remove: float  # a deleted snapshot: ``removing`` until the cleanup job drops it (404)
     hold_limit: float = HOLD_LIMIT_SECONDS  # real seconds; not scaled
 
     @classmethod
@@ -62,6 +66,13 @@ class Timings:
             destroy_queue=0.5,
             destroy=2.5,
             delete_list_lag=1.5,
+            # The manager picks a runner at once unless every runner is busy (then on its
+            # 10 s pass); a build is the 155 s above plus the push to the internal registry
+            # and up to 10 s until the state check sees it; the cleanup job runs every 10 s.
+            snapshot_queue=2.0,
+            snapshot_build=170.0,
+            snapshot_pull=40.0,
+            snapshot_remove=10.0,
         )
 
     @classmethod
@@ -90,6 +101,10 @@ class Timings:
             build_start=seconds / 2,
             destroy_queue=0.0,
             delete_list_lag=0.0,
+            snapshot_queue=0.0,
+            snapshot_build=seconds,
+            snapshot_pull=seconds,
+            snapshot_remove=seconds,
         )
 
     @classmethod
