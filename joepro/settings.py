@@ -90,6 +90,7 @@ INSTALLED_APPS = [
     "allauth.socialaccount.providers.openid_connect",
     "accounts",
     "sandboxes",
+    "environments",
     "usage",
 ]
 
@@ -363,12 +364,23 @@ CELERY_BEAT_SCHEDULE: dict = {
         "schedule": env.int("BUDGET_CHECK_SECONDS", default=60),
         "options": {"expires": 60},
     },
+    "request-template-builds": {
+        "task": "environments.tasks.request_template_builds",
+        "schedule": env.int("TEMPLATE_BUILD_CHECK_SECONDS", default=600),
+        "options": {"expires": 600},
+    },
     "sample-resources": {
         "task": "usage.tasks.sample_resources",
         "schedule": env.int("RESOURCE_SAMPLE_SECONDS", default=60),
         "options": {"expires": 60},
     },
 }
+
+# --- Templates ---------------------------------------------------------------------------------
+
+# Each template version is built once per provider in the background (environments.builds): when
+# a worker starts, and every TEMPLATE_BUILD_CHECK_SECONDS for versions still unbuilt.
+TEMPLATE_BUILDS_AT_WORKER_START = env.bool("TEMPLATE_BUILDS_AT_WORKER_START", default=True)
 
 # --- Usage, cost and budgets ----------------------------------------------------------------
 
@@ -485,6 +497,9 @@ SANDBOX_LOCAL_UID_REGISTRY = env.path("SANDBOX_LOCAL_UID_REGISTRY", default="/va
 # Live PTY sessions (web terminals and SSH shells together) one local sandbox's agent holds at once.
 SANDBOX_LOCAL_PTY_SESSIONS = env.int("SANDBOX_LOCAL_PTY_SESSIONS", default=64)
 SANDBOX_LOCAL_CGROUP_PARENT = env.str("SANDBOX_LOCAL_CGROUP_PARENT", default="joepro-sandboxes")
+# Outbound network for local sandboxes through slirp4netns (private ranges and the host's own
+# addresses stay unreachable); off: loopback only, as before.
+SANDBOX_LOCAL_NETWORK = env.bool("SANDBOX_LOCAL_NETWORK", default=True)
 # Lifecycle: rows in creating/starting/stopping longer than this are repaired by reconcile.
 SANDBOX_STUCK_MINUTES = env.int("SANDBOX_STUCK_MINUTES", default=15)
 # Activity is written to the database at most this often per sandbox (heartbeats every minute).

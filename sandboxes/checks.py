@@ -158,6 +158,8 @@ LOCAL_PROBLEM_IDS = {
     "root_not_traversable": "sandboxes.E008",
     "root_visible": "sandboxes.E008",
     "disk_images_unavailable": "sandboxes.E011",
+    "slirp4netns_missing": "sandboxes.E013",
+    "network_unavailable": "sandboxes.E013",
 }
 
 

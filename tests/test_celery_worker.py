@@ -90,6 +90,7 @@ def celery_env(daytona, broker):
         "SANDBOX_RECONCILE_SECONDS": "3600",
         "SANDBOX_IDLE_CHECK_SECONDS": "3600",
         "CELERY_TASK_ALWAYS_EAGER": "false",
+        "TEMPLATE_BUILDS_AT_WORKER_START": "false",  # builds are tested in test_environments
     }
 
 

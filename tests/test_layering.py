@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("accounts", "joepro", "sandboxes", "usage")
+PACKAGES = ("accounts", "environments", "joepro", "sandboxes", "usage")
 PROVIDERS = "sandboxes.providers"
 SERVICES = "sandboxes.services"
 # The apps beside sandboxes/ have services of their own, which call sandboxes.services (and may
@@ -25,6 +25,8 @@ APP_SERVICES = (
     "usage.budget_emails",
     "usage.resources",
     "usage.instruments",
+    "environments.models",
+    "environments.builds",
 )
 DOORS = (
     "sandboxes.api",
@@ -47,6 +49,8 @@ DOORS = (
     "usage.urls",
     "usage.metrics",
     "joepro.health",
+    "environments.admin",
+    "environments.tasks",
 )
 
 
@@ -134,7 +138,9 @@ def test_each_door_goes_through_the_services(door):
 
 def test_services_and_models_know_no_door():
     for name, imported in IMPORTS.items():
-        if _within(name, [SERVICES, *APP_SERVICES, "sandboxes.models", "usage.models", PROVIDERS]):
+        if _within(
+            name, [SERVICES, *APP_SERVICES, "sandboxes.models", "usage.models", "environments.models", PROVIDERS]
+        ):
             doors = sorted(module for module in imported if _within(module, DOORS))
             assert doors == [], f"{name} imports {doors}"
     assert not any(_within(module, [SERVICES]) for module in IMPORTS["sandboxes.models"])

@@ -13,6 +13,7 @@ from django.conf import settings
 from usage.instruments import PROVIDER_CALL_DURATION
 
 from .base import Capability, ProviderError, SandboxProvider
+from .templates import TemplateMethods
 
 __all__ = [
     "PROVIDER_NAMES",
@@ -70,7 +71,7 @@ def contract_operations() -> list[str]:
     """The provider methods recorded as operations: every public method of the contract."""
     return sorted(
         name
-        for name, member in vars(SandboxProvider).items()
+        for name, member in {**vars(TemplateMethods), **vars(SandboxProvider)}.items()
         if callable(member) and not name.startswith("_") and name not in UNTIMED
     )
 

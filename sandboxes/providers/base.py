@@ -26,6 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from .templates import TemplateMethods
+
 
 class RemoteState(enum.StrEnum):
     """The portal's own vocabulary for a remote sandbox's state.
@@ -134,6 +136,9 @@ class SandboxSpec:
     disk_gb: int
     image: str = ""
     snapshot: str = ""  # when set, resources come from the snapshot
+    # A prepared template version (TemplateRecipe.name) to create from; it comes before image
+    # and snapshot. On Daytona it is a snapshot (resources then come from it).
+    template: str = ""
     auto_stop_minutes: int = 0  # the backend's own idle stop, a backstop to the portal's
     env: Mapping[str, str] = field(default_factory=dict)
 
@@ -314,7 +319,7 @@ class ProcessSession:
         raise NotImplementedError
 
 
-class SandboxProvider:
+class SandboxProvider(TemplateMethods):
     """A sandbox backend. Subclasses implement every method below.
 
     ``name`` is stored on each ``Sandbox`` row, so a row always goes back to the provider

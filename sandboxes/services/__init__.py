@@ -20,6 +20,7 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 - :mod:`.warnings`   the email before an idle stop
 - :mod:`.webhooks`   providers' webhooks, verified and applied once
 - :mod:`.live`       telling the owner's open pages that their sandbox changed
+- :mod:`.templates`  template versions prepared with the providers (``environments`` decides when)
 - :mod:`.configuration`  what keeps the configured provider from working, for system checks and readiness
 """
 
@@ -82,6 +83,7 @@ from .rows import (
     remote_name_for,
     sandbox_get_or_create_row,
 )
+from .templates import template_prepare, template_prepared
 from .terminals import (
     Terminal,
     sandbox_remote_state,
@@ -94,6 +96,8 @@ from .timeline import TimelineEntry, sandbox_timeline
 from .webhooks import webhook_secret_valid
 
 __all__ = [
+    "template_prepare",
+    "template_prepared",
     "TimelineEntry",
     "access_ledger",
     "access_revoke",

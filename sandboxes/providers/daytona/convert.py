@@ -136,7 +136,7 @@ def ssh_destination(command: str) -> tuple[str, int]:
 
 def create_request(spec: SandboxSpec, *, target: str, default_image: str, default_snapshot: str) -> CreateSandbox:
     """The body of ``POST /sandbox`` for ``spec``; the provider's default image and snapshot
-    serve when the spec names neither."""
+    serve when the spec names neither. A template version is the snapshot of its name."""
     fields: dict[str, Any] = {
         "name": spec.name,
         "labels": dict(spec.labels),
@@ -145,7 +145,7 @@ def create_request(spec: SandboxSpec, *, target: str, default_image: str, defaul
         "public": False,
         "target": target or None,
     }
-    snapshot = spec.snapshot or ("" if spec.image else default_snapshot)
+    snapshot = spec.template or spec.snapshot or ("" if spec.image else default_snapshot)
     image = spec.image or default_image
     if snapshot:
         fields["snapshot"] = snapshot  # resources come from the snapshot

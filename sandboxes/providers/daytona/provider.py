@@ -64,6 +64,7 @@ from .convert import (
     ssh_access,
 )
 from .errors import SDK_FAILURES, Backoff, EmptyAnswer, gone_is_done, log_failure, provider_error
+from .templates import Snapshots
 from .terminal import Toolbox
 
 logger = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ SKIP_ACTIVITY_HEADER = "X-Daytona-Skip-Last-Activity-Update"
 REACHABLE_TIMEOUT = 3.0  # seconds, for the readiness check
 
 
-class DaytonaProvider(Toolbox, SandboxProvider):
+class DaytonaProvider(Snapshots, Toolbox, SandboxProvider):
     """Daytona sandboxes. One SDK client per instance, built on first use; thread-safe."""
 
     name = "daytona"

@@ -7,10 +7,13 @@ Each sandbox is a directory under the root (``SANDBOX_LOCAL_ROOT``), which no sa
     names/<name>          the id of the sandbox of that name
     tokens/<sha256>       {"id", "expires_at"}: the sandbox an SSH token opens (the token itself is not kept)
     trash/                sandboxes being deleted
+    templates/<name>/     a prepared template version: toolchain/ (/opt/template inside, read-only),
+                          starter/ (copied into new homes), prepared.json (see :mod:`.templates`)
     <id>/state.json       the record: name, labels, resources, state, times, processes, token hash
     <id>/lock             held (flock) during every change of the sandbox
     <id>/log              what bwrap and the agent write to stderr
-    <id>/etc/             passwd, group, hosts and hostname as seen inside
+    <id>/network.log      what slirp4netns wrote at the sandbox's last start (network on)
+    <id>/etc/             passwd, group, hosts, hostname (and resolv.conf, network on) as seen inside
     <id>/run/agent.sock   the agent's socket: created here and handed to the agent as a descriptor
     <id>/home/            the workspace, /home/sandbox inside; kept across stop and start
     <id>/home.img         as root: the workspace's ext4 image (the quota's size), mounted at home/ while it runs
@@ -25,8 +28,9 @@ the portal's code, ``var/``, ``.env``, nor other sandboxes. When the portal runs
 sandbox also runs as its own unprivileged host uid (``SANDBOX_LOCAL_UID_BASE`` + a slot), so
 even a process that escaped its namespaces could not read another sandbox's files. Its PID 1 is
 the agent; stopping the sandbox ends the agent, and the kernel then kills every process of the
-namespace. The sandbox has only a loopback interface, which is also what lets every sandbox
-serve its own port 3000.
+namespace. The network namespace is its own too, which is what lets every sandbox serve its own
+port 3000: a loopback and, with ``SANDBOX_LOCAL_NETWORK`` on, slirp4netns's ``tap0`` for
+outbound connections, with the host and private ranges unreachable (:mod:`.network`).
 
 Limits: the disk quota is the size of the workspace's image (:mod:`.disk`; as root), and
 per-sandbox cgroups (v1, or v2 with the controllers enabled) where their directories
@@ -41,8 +45,10 @@ Modules, each importing only those listed before it:
 ``disk``          the workspace's ext4 image: made, migrated into, loop-mounted and unmounted
 ``preflight``     whether sandboxes can run here (:func:`local_problems`, bwrap probes)
 ``isolation``     bwrap's arguments, cgroups, rlimits, processes by pid and start time
+``network``       outbound network through slirp4netns: blocked ranges, routes, start and stop
 ``agent_client``  requests to an agent over its socket; terminals, programs on pipes, relays, commands
 ``store``         records, the name and token indexes, locks, workspaces
+``templates``     template versions: prepared in a build container, mounted into their sandboxes
 ``lifecycle``     start and stop: the record's states and the processes behind them
 ``resources``     what a running sandbox uses of its memory and disk, read from the host
 ``provider``      :class:`LocalProvider`, the portal's contract

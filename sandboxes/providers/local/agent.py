@@ -64,10 +64,11 @@ reply, ``{"ok": true, ...}`` or ``{"ok": false, "error": CODE, "message": TEXT}`
                none); closed. Works while the session's own connection is not being read.
 ``configure``  ``{"auto_stop"}``: seconds without activity before the agent stops the sandbox
                (0: never), from now on; closed.
-``exec``       ``{"argv", "timeout"}``: run a command in the home directory in a new session,
-               stdin ``/dev/null``; reply once it exits: ``{"exit_code", "timed_out",
-               "stdout", "stderr"}`` (base64, each capped at 8 MiB). Background children that
-               keep its output open are not waited for.
+``exec``       ``{"argv", "timeout", "activity"?}``: run a command in the home directory in a
+               new session, stdin ``/dev/null``; reply once it exits: ``{"exit_code",
+               "timed_out", "stdout", "stderr"}`` (base64, each capped at 8 MiB). Background
+               children that keep its output open are not waited for. Counts as activity unless
+               ``activity`` is false (the portal's own scripts).
 ``shutdown``   ``{"grace"}``: reply, hang up every session, SIGTERM every process, exit once
                none is left or after ``grace`` seconds.
 """
@@ -1090,7 +1091,8 @@ class Agent:
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
             raise ValueError("argv must be a non-empty list of strings")
         timeout = float(request.get("timeout") or 30)
-        self.touch()
+        if request.get("activity", True):
+            self.touch()
         holder: list = []
         channel.owner = ClientOfJob(holder)
 

@@ -344,11 +344,12 @@ def open_relay(socket_path: Path, port: int) -> socket.socket:
     return sock
 
 
-def run_command(socket_path: Path, argv: list[str], *, timeout: float) -> CommandResult:
-    """Have the agent run ``argv`` and wait for it (up to ``timeout`` seconds)."""
+def run_command(socket_path: Path, argv: list[str], *, timeout: float, activity: bool = True) -> CommandResult:
+    """Have the agent run ``argv`` and wait for it (up to ``timeout`` seconds); without
+    ``activity`` it does not count as use of the sandbox (its idle timer stays)."""
     reply, _ = request(
         socket_path,
-        {"op": "exec", "argv": list(argv), "timeout": timeout},
+        {"op": "exec", "argv": list(argv), "timeout": timeout, "activity": activity},
         timeout=timeout + AGENT_TIMEOUT,
         max_reply=MAX_EXEC_REPLY,
     )

@@ -10,12 +10,15 @@ gets a stranger signalled (:func:`process_start_time`, :func:`kill_process`).
 from __future__ import annotations
 
 import errno
+import json
 import logging
 import os
 import re
 import shutil
 import signal
 import stat
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -31,6 +34,7 @@ INSIDE_UID = 1000
 INSIDE_HOME = protocol.HOME
 INSIDE_AGENT = "/run/joepro/agent.py"
 INSIDE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+INSIDE_TOOLCHAIN = "/opt/template"  # a template version's toolchain (.templates)
 # Host /etc entries a sandbox sees (read-only). Files that may hold credentials (npmrc, pip.conf,
 # gitconfig, environment, ssh/, ssl/private) are left out on purpose.
 ETC_ENTRIES = (
@@ -68,6 +72,11 @@ ETC_ENTRIES = (
     "timezone",
     "vim",
 )
+# The host's certificate store (in ssl/certs above), named to the tools that would otherwise trust
+# only their own list (pip's certifi, Node.js's): a TLS-intercepting proxy the operator trusts is
+# then trusted inside too.
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+CA_BUNDLE_VARIABLES = ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE", "PIP_CERT", "NODE_EXTRA_CA_CERTS")
 
 
 # --- processes --------------------------------------------------------------------------------
@@ -154,6 +163,24 @@ def disk_usage(path: Path) -> int:
                 if stat.S_ISDIR(info.st_mode) and info.st_dev == device:
                     stack.append(entry.path)
     return total
+
+
+def run_launcher(config: dict, *, log_fd: int, timeout: float) -> int | None:
+    """Start ``config["argv"]`` detached through the sandboxes' launcher (``agent.py launch``:
+    it joins the cgroups, sets the limits, drops privileges, keeps ``config["keep_fds"]``);
+    the pid it started, None when it failed (its reason is in the log ``log_fd`` writes to)."""
+    launcher = subprocess.Popen(
+        [sys.executable, "-I", protocol.__file__, "launch", json.dumps(config)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=log_fd,
+        pass_fds=tuple(config["keep_fds"]),
+        start_new_session=True,
+    )
+    output, _ = launcher.communicate(timeout=timeout)
+    if launcher.returncode != 0 or not output.strip().isdigit():
+        return None
+    return int(output.strip())
 
 
 # --- cgroups ----------------------------------------------------------------------------------
@@ -344,10 +371,11 @@ def hostname_for(name: str) -> str:
     return re.sub(r"[^a-z0-9-]+", "-", name.lower()).strip("-")[:63].strip("-") or "sandbox"
 
 
-def etc_files(name: str) -> dict[str, str]:
-    """The sandbox's own /etc files (passwd, group, hosts, hostname) by name."""
+def etc_files(name: str, *, nameserver: str | None = None) -> dict[str, str]:
+    """The sandbox's own /etc files (passwd, group, hosts, hostname, and resolv.conf naming
+    ``nameserver`` when it has one of its own) by name."""
     hostname = hostname_for(name)
-    return {
+    files = {
         "passwd": "root:x:0:0:root:/root:/usr/sbin/nologin\n"
         f"sandbox:x:{INSIDE_UID}:{INSIDE_UID}:Sandbox:{INSIDE_HOME}:/bin/bash\n"
         "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
@@ -355,6 +383,22 @@ def etc_files(name: str) -> dict[str, str]:
         "hosts": f"127.0.0.1\tlocalhost\n127.0.1.1\t{hostname}\n::1\tlocalhost ip6-localhost ip6-loopback\n",
         "hostname": f"{hostname}\n",
     }
+    if nameserver:
+        files["resolv.conf"] = f"nameserver {nameserver}\n"
+    return files
+
+
+def system_binds() -> list[str]:
+    """bwrap's arguments that show this machine's programs read-only: ``/usr``, and ``/bin``,
+    ``/lib`` and the like as the symlinks or directories they are here."""
+    argv = ["--ro-bind", "/usr", "/usr"]
+    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
+        host = Path("/", name)
+        if host.is_symlink():
+            argv += ["--symlink", os.readlink(host), f"/{name}"]
+        elif host.is_dir():
+            argv += ["--ro-bind", str(host), f"/{name}"]
+    return argv
 
 
 def bwrap_argv(
@@ -369,19 +413,28 @@ def bwrap_argv(
     listen_fd: int,
     info_fd: int,
     max_sessions: int = protocol.MAX_SESSIONS,
+    toolchain: Path | None = None,
+    toolchain_path: tuple[str, ...] = (),
+    network: bool = False,
 ) -> list[str]:
     """bwrap's command line for the sandbox of ``record`` (its files in ``directory``), whose
     PID 1 is the agent (``agent``, mounted read-only) serving the socket ``listen_fd``; bwrap
-    writes its child's pid and namespaces to ``info_fd``."""
+    writes its child's pid and namespaces to ``info_fd``. A sandbox of a template version gets
+    its ``toolchain`` read-only at /opt/template, ``toolchain_path`` first on its ``PATH``, and
+    ``<directory>/etc/profile`` (which says the same to login shells) as /etc/profile. With
+    ``network`` it gets ``<directory>/etc/resolv.conf`` instead of the host's, whose servers it
+    cannot reach."""
     bwrap = shutil.which(bwrap)
+    trusted = dict.fromkeys(CA_BUNDLE_VARIABLES, CA_BUNDLE) if os.path.exists(CA_BUNDLE) else {}
     env = {
         "HOME": INSIDE_HOME,
-        "PATH": INSIDE_PATH,
+        "PATH": ":".join([*toolchain_path, INSIDE_PATH]),
         "USER": "sandbox",
         "LOGNAME": "sandbox",
         "SHELL": "/bin/bash",
         "LANG": "C.UTF-8",
         "TERM": "xterm-256color",
+        **trusted,
         **record.get("env", {}),
     }
     argv = [bwrap, "--unshare-all", "--unshare-user"]
@@ -402,18 +455,16 @@ def bwrap_argv(
     ]
     for key, value in env.items():
         argv += ["--setenv", key, value]
-    argv += ["--ro-bind", "/usr", "/usr"]
-    for name in ("bin", "sbin", "lib", "lib32", "lib64", "libx32"):
-        host = Path("/", name)
-        if host.is_symlink():
-            argv += ["--symlink", os.readlink(host), f"/{name}"]
-        elif host.is_dir():
-            argv += ["--ro-bind", str(host), f"/{name}"]
+    argv += system_binds()
+    own_files = ("passwd", "group", "hosts", "hostname") + (("resolv.conf",) if network else ())
     for entry in ETC_ENTRIES:
-        if os.path.exists(f"/etc/{entry}"):
+        if entry not in own_files and os.path.exists(f"/etc/{entry}"):
             argv += ["--ro-bind", f"/etc/{entry}", f"/etc/{entry}"]
-    for name in ("passwd", "group", "hosts", "hostname"):
+    for name in own_files:
         argv += ["--ro-bind", str(directory / "etc" / name), f"/etc/{name}"]
+    if toolchain is not None:
+        argv += ["--ro-bind", str(directory / "etc" / "profile"), "/etc/profile"]
+        argv += ["--ro-bind", str(toolchain), INSIDE_TOOLCHAIN]
     argv += [
         "--symlink",
         "../proc/self/mounts",

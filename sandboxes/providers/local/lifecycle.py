@@ -3,8 +3,9 @@
 A start writes the sandbox's /etc files, makes its cgroups, binds the agent's socket and runs
 the launcher (:func:`.agent.launch`), which detaches, confines itself and executes bwrap; bwrap's
 ``--info-fd`` names the agent's pid and PID namespace, and the start is done once the agent
-answers. A stop asks the agent to end everything, kills what is left (verified: none remains in
-the PID namespace or the cgroups) and removes the cgroups.
+answers and, with the network on, its slirp4netns is up (:mod:`.network`). A stop asks the agent
+to end everything, kills what is left (verified: none remains in the PID namespace or the
+cgroups, and no slirp4netns) and removes the cgroups.
 
 The record cannot know when its processes die without the portal (machine restart, killed by
 hand) nor when whoever was starting or stopping it died: :meth:`Lifecycle.observed` corrects for
@@ -19,14 +20,12 @@ import os
 import secrets
 import select
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 from ..base import ErrorKind, ProviderError
 from . import agent as protocol
-from . import disk
+from . import disk, network, templates
 from .agent_client import STATUS_TIMEOUT, request
 from .isolation import (
     GIB,
@@ -39,6 +38,7 @@ from .isolation import (
     kill_process,
     namespace_members,
     process_start_time,
+    run_launcher,
     wait_for_exit,
 )
 from .preflight import local_problems
@@ -68,6 +68,7 @@ class Lifecycle:
         disk_check_seconds: float,
         uids=None,
         pty_sessions: int = protocol.MAX_SESSIONS,
+        network: bool = True,
     ):
         self.store = store
         self.cgroups = cgroups
@@ -81,6 +82,7 @@ class Lifecycle:
         self.disk_check_seconds = disk_check_seconds
         self.uids = uids  # the host-wide UidRegistry, when sandboxes have their own uids
         self.pty_sessions = pty_sessions  # live PTY sessions (web terminals, SSH) per sandbox
+        self.network = network  # outbound network through slirp4netns (.network)
         # Quotas are enforced by a loop-mounted image per workspace when the portal runs as
         # root (local_problems refuses to start sandboxes when it cannot mount one). Without
         # root (sandboxes run as the portal's own uid) the quota is only checked at start.
@@ -137,7 +139,9 @@ class Lifecycle:
         stays stopped) and UNAVAILABLE when it cannot start (the sandbox is then in error,
         recoverable by starting again)."""
         sandbox_id = record["id"]
-        problems = local_problems(bwrap=self.bwrap, root=self.store.root, python=self.python, own_uids=self.own_uids)
+        problems = local_problems(
+            bwrap=self.bwrap, root=self.store.root, python=self.python, own_uids=self.own_uids, network=self.network
+        )
         if problems:
             raise ProviderError(
                 f"Sandboxes cannot run on this machine: {problems[0].message} {problems[0].hint}",
@@ -197,7 +201,11 @@ class Lifecycle:
         os.chmod(home, 0o700)
         if previous_uid is not None:
             _reown(home, previous_uid, uid)
-        self.store.write_etc(sandbox_id, etc_files(record["name"]))
+        toolchain = templates.toolchain_for(self.store.root, record)
+        etc = etc_files(record["name"], nameserver=network.DNS if self.network else None)
+        if toolchain is not None:
+            etc["profile"] = toolchain.login_profile()
+        self.store.write_etc(sandbox_id, etc)
         if not self._logged_limits:
             self._logged_limits = True
             logger.info("local sandboxes: %s", "; ".join(f"{k}: {v}" for k, v in self.limits_in_force().items()))
@@ -232,6 +240,9 @@ class Lifecycle:
                 listen_fd=listener.fileno(),
                 info_fd=info_write,
                 max_sessions=self.pty_sessions,
+                toolchain=toolchain.directory if toolchain else None,
+                toolchain_path=toolchain.path if toolchain else (),
+                network=self.network,
             )
             config = {
                 "argv": argv,
@@ -245,23 +256,14 @@ class Lifecycle:
             }
             log = _open_log(directory / "log")
             try:
-                launcher = subprocess.Popen(
-                    [sys.executable, "-I", protocol.__file__, "launch", json.dumps(config)],
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=log,
-                    pass_fds=(listener.fileno(), info_write),
-                    start_new_session=True,
-                )
+                bwrap_pid = run_launcher(config, log_fd=log, timeout=START_TIMEOUT)
             finally:
                 os.close(log)
             os.close(info_write)
             info_write = -1
             listener.close()
-            output, _ = launcher.communicate(timeout=START_TIMEOUT)
-            if launcher.returncode != 0 or not output.strip().isdigit():
+            if bwrap_pid is None:
                 raise ProviderError(self._failure(sandbox_id, "the launcher failed"))
-            bwrap_pid = int(output.strip())
             process.update(bwrap_pid=bwrap_pid, bwrap_start=process_start_time(bwrap_pid))
             deadline = time.monotonic() + START_TIMEOUT
             info = _read_info(info_read, deadline)
@@ -273,6 +275,18 @@ class Lifecycle:
                 agent_start=process_start_time(agent_pid),
                 pid_namespace=info.get("pid-namespace"),
             )
+            if self.network:  # in place before the start is done: nothing but the agent runs inside until then
+                process.update(
+                    network.start(
+                        agent_pid,
+                        process["agent_start"],
+                        uid=uid,
+                        cgroup_procs=config["cgroup_procs"],
+                        nice=nice,
+                        log_path=directory / "network.log",
+                        deadline=deadline,
+                    )
+                )
             self._wait_for_agent(sandbox_id, deadline)
         finally:
             listener.close()
@@ -331,6 +345,7 @@ class Lifecycle:
         bwrap_pid, bwrap_start = process.get("bwrap_pid"), process.get("bwrap_start")
         if is_alive(bwrap_pid, bwrap_start) and not wait_for_exit(bwrap_pid, bwrap_start, 1.0):
             kill_process(bwrap_pid, bwrap_start)
+        network.stop(process)  # whatever the setting is now
         namespace = process.get("pid_namespace")
         cgroups = process.get("cgroups") or []
         deadline = time.monotonic() + 5.0
@@ -393,6 +408,12 @@ class Lifecycle:
             f"each sandbox runs as its own host uid from {self.uid_base}"
             if self.own_uids
             else f"sandboxes run as the portal's uid {os.geteuid()} (unprivileged user namespaces)"
+        )
+        describe["network"] = (
+            "outbound through slirp4netns (DNS at 10.0.2.3); private, link-local and reserved ranges and the "
+            "host's own addresses unreachable"
+            if self.network
+            else "none (loopback only)"
         )
         return describe
 

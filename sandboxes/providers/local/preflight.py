@@ -1,4 +1,5 @@
-"""Whether sandboxes can run on this machine: bubblewrap, Python for the agent, the root's place.
+"""Whether sandboxes can run on this machine: bubblewrap, Python for the agent, the root's place,
+slirp4netns for their network.
 
 :func:`local_problems` lists what keeps them from running, each with a fix; the provider refuses
 to start a sandbox while there is any (nothing is ever run unisolated instead), and the portal's
@@ -17,7 +18,7 @@ from ..base import Problem
 from . import disk
 
 # Problem codes: bwrap_missing, bwrap_fails, python_missing, root_visible,
-# disk_images_unavailable
+# disk_images_unavailable, slirp4netns_missing, network_unavailable
 
 
 _option_cache: dict[tuple[str, str], bool] = {}
@@ -68,9 +69,10 @@ def bwrap_failure(bwrap_path: str, *, as_uid: int | None) -> str | None:
         return _probe_cache[key]
 
 
-def local_problems(*, bwrap: str, root: Path, python: str, own_uids: bool) -> list[Problem]:
-    """Everything that keeps the local provider from running sandboxes here. Nothing is ever
-    run unisolated instead: a start fails with the first problem."""
+def local_problems(*, bwrap: str, root: Path, python: str, own_uids: bool, network: bool = False) -> list[Problem]:
+    """Everything that keeps the local provider from running sandboxes here, with their
+    outbound ``network`` when asked (``SANDBOX_LOCAL_NETWORK``). Nothing is ever run unisolated
+    instead: a start fails with the first problem."""
     problems: list[Problem] = []
     bwrap_path = shutil.which(bwrap)
     if bwrap_path is None:
@@ -116,6 +118,8 @@ def local_problems(*, bwrap: str, root: Path, python: str, own_uids: bool) -> li
                 "/dev/loop* or --privileged) and e2fsprogs (apt-get install e2fsprogs).",
             )
         )
+    if network:
+        problems += _network_problems()
     for visible in ("/usr", "/etc", "/proc", "/dev"):
         if root == Path(visible) or Path(visible) in root.parents:
             problems.append(
@@ -127,3 +131,33 @@ def local_problems(*, bwrap: str, root: Path, python: str, own_uids: bool) -> li
                 )
             )
     return problems
+
+
+def _network_problems() -> list[Problem]:
+    """What the sandboxes' outbound network needs (see :mod:`.network`): slirp4netns, nsenter and
+    ip to set it up, /dev/net/tun for its interface. Sandboxes without it would start without
+    any network, which is not what the setting asks for: so they do not start."""
+    off = "or turn the sandboxes' network off: SANDBOX_LOCAL_NETWORK=false."
+    if shutil.which("slirp4netns") is None:
+        return [
+            Problem(
+                "slirp4netns_missing",
+                "Sandboxes get their outbound network from slirp4netns (SANDBOX_LOCAL_NETWORK is on), which "
+                "was not found.",
+                f"Install it (Debian/Ubuntu: apt-get install slirp4netns; Fedora: dnf install slirp4netns) {off}",
+            )
+        ]
+    missing = [name for name in ("nsenter", "ip") if shutil.which(name) is None]
+    if not os.path.exists("/dev/net/tun"):
+        missing.append("/dev/net/tun")
+    if missing:
+        return [
+            Problem(
+                "network_unavailable",
+                f"The sandboxes' outbound network (SANDBOX_LOCAL_NETWORK is on) needs {', '.join(missing)}, "
+                "which this machine lacks.",
+                "Install util-linux (nsenter) and iproute2 (ip); in a container, give it /dev/net/tun "
+                f"(docker run --device /dev/net/tun); {off}",
+            )
+        ]
+    return []

@@ -23,8 +23,9 @@ from ..base import (
     SandboxProvider,
     SandboxSpec,
 )
+from ..templates import BuildLog, ScriptResult, TemplateRecipe
 from . import agent as protocol
-from . import agent_client
+from . import agent_client, templates
 from .access import LocalAccess
 from .agent_client import STATUS_TIMEOUT, CommandResult, LocalProcess, LocalTerminal
 from .isolation import Cgroups, namespace_members
@@ -86,6 +87,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
         uid_registry: Path | str = DEFAULT_REGISTRY,
         pty_sessions: int = protocol.MAX_SESSIONS,
         scrollback_bytes: int | None = None,
+        network: bool = True,
     ):
         self.root = Path(root).absolute()
         self.ssh_host = ssh_host
@@ -98,6 +100,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
         self.stop_grace = float(stop_grace)
         self.disk_check_seconds = float(disk_check_seconds)
         self.scrollback_bytes = scrollback_bytes
+        self.network = bool(network)
         self.cgroups = Cgroups(cgroup_parent)
         self.own_uids = os.geteuid() == 0
         self.store = Store(self.root)
@@ -117,6 +120,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
             disk_check_seconds=self.disk_check_seconds,
             uids=self.uids,
             pty_sessions=int(pty_sessions),
+            network=self.network,
         )
 
     @classmethod
@@ -133,6 +137,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
             uid_registry=settings.SANDBOX_LOCAL_UID_REGISTRY,
             pty_sessions=settings.SANDBOX_LOCAL_PTY_SESSIONS,
             scrollback_bytes=settings.SANDBOX_TERMINAL_SCROLLBACK_BYTES,
+            network=settings.SANDBOX_LOCAL_NETWORK,
         )
 
     def _claim_existing(self) -> None:
@@ -190,6 +195,9 @@ class LocalProvider(LocalAccess, SandboxProvider):
         for key, value in spec.env.items():
             if not ENV_NAME.fullmatch(key) or "\0" in value:
                 raise ProviderError(f"Invalid environment variable {key!r}.", kind=ErrorKind.REJECTED)
+        if spec.template and not self.template_prepared(spec.template):
+            message = f"The template version {spec.template} is not prepared on this machine."
+            raise ProviderError(message, kind=ErrorKind.REJECTED)
         self.store.prepare()
         self._claim_existing()
         with self.store.root_lock():
@@ -207,6 +215,7 @@ class LocalProvider(LocalAccess, SandboxProvider):
                 "disk_gb": spec.disk_gb,
                 "auto_stop_minutes": spec.auto_stop_minutes,
                 "env": dict(spec.env),
+                "template": spec.template,
                 "uid": uid,
                 "state": STOPPED,
                 "error": "",
@@ -220,6 +229,8 @@ class LocalProvider(LocalAccess, SandboxProvider):
                 "link_nonce": None,
             }
             self.store.make_workspace(sandbox_id, uid)
+            if spec.template:
+                templates.copy_starter(self.root, spec.template, self.store.directory(sandbox_id) / "home", uid)
             self.store.write(record)
             self.store.add_name(spec.name, sandbox_id)
         logger.info("local sandbox %s (%s) created", sandbox_id, spec.name)
@@ -369,6 +380,18 @@ class LocalProvider(LocalAccess, SandboxProvider):
         sandbox_id = self._running(remote_id)
         return agent_client.run_command(self.store.socket_path(sandbox_id), argv, timeout=timeout)
 
+    def execute(self, remote_id: str, script: str, *, timeout: float = 10.0, max_output: int = 65536) -> ScriptResult:
+        """Through the agent's ``exec`` (as :meth:`run`), which is told not to count it as use."""
+        sandbox_id = self._running(remote_id)
+        try:
+            result = agent_client.run_command(
+                self.store.socket_path(sandbox_id), ["sh", "-c", script], timeout=timeout, activity=False
+            )
+        except ProviderError:
+            self._running(sandbox_id)  # it stopped meanwhile: INVALID_STATE
+            raise
+        return templates.script_result(result, max_output)
+
     def resource_usage(self, remote_id: str) -> ResourceUsage:
         """Read from the host (see :mod:`.resources`), never through the agent: not activity."""
         sandbox_id = self._running(remote_id)
@@ -389,6 +412,16 @@ class LocalProvider(LocalAccess, SandboxProvider):
         process = (record or {}).get("process") or {}
         return namespace_members(process["pid_namespace"]) if process.get("pid_namespace") else []
 
+    # -- templates (see .templates) ------------------------------------------------------------
+
+    def prepare_template(self, recipe: TemplateRecipe, *, on_log: BuildLog) -> None:
+        """Builds ``<root>/templates/<name>/`` (a toolchain and starter files) outside any sandbox."""
+        self.store.prepare()
+        templates.prepare(self.root, recipe, on_log=on_log, bwrap=self.bwrap)
+
+    def template_prepared(self, name: str) -> bool:
+        return templates.is_prepared(self.root, name)
+
     # -- what this machine enforces -----------------------------------------------------------
 
     def limits_in_force(self) -> dict[str, str]:
@@ -397,7 +430,9 @@ class LocalProvider(LocalAccess, SandboxProvider):
 
     def problems(self) -> list[Problem]:
         """What keeps sandboxes from running here (empty when nothing does)."""
-        return local_problems(bwrap=self.bwrap, root=self.root, python=self.python, own_uids=self.own_uids)
+        return local_problems(
+            bwrap=self.bwrap, root=self.root, python=self.python, own_uids=self.own_uids, network=self.network
+        )
 
     def check_reachable(self) -> None:
         """This machine is the backend: reachable when nothing keeps sandboxes from running."""
