@@ -87,16 +87,9 @@ def _enqueue(builds: list[TemplateBuild]) -> None:
     transaction.on_commit(lambda: [task.delay(build_id) for build_id in ids])
 
 
-def offered(provider_name: str):
-    """The templates users may choose on that provider: enabled, with the build of their
-    current version ready."""
-    ready = {
-        (template_id, version)
-        for template_id, version in TemplateBuild.objects.filter(provider=provider_name, state=State.READY).values_list(
-            "template_id", "version"
-        )
-    }
-    return [template for template in Template.objects.filter(enabled=True) if (template.pk, template.version) in ready]
+def offered(provider_name: str) -> list[Template]:
+    """The templates users may choose on that provider (``Template.objects.offered``)."""
+    return Template.objects.offered(provider_name)
 
 
 def run_build(build_id: int) -> TemplateBuild | None:

@@ -14,6 +14,29 @@ from sandboxes.providers.templates import TemplateRecipe
 DEFAULT_READY_PORT = 3000
 
 
+class TemplateQuerySet(models.QuerySet):
+    def offered(self, provider_name: str) -> list[Template]:
+        """The templates users may choose on that provider: enabled, with the build of their
+        current version ready, in the page's order."""
+        ready = set(
+            TemplateBuild.objects.filter(provider=provider_name, state=TemplateBuild.State.READY).values_list(
+                "template_id", "version"
+            )
+        )
+        return [template for template in self.filter(enabled=True) if (template.pk, template.version) in ready]
+
+    def default(self) -> Template:
+        """What one click opens: the template marked default, else the first in order; with no
+        template at all (an operator removed them), the shipped default made again."""
+        found = self.filter(is_default=True).first() or self.order_by("position", "pk").first()
+        if found is None:
+            from .shipped import TEMPLATES
+
+            fields = next(fields for fields in TEMPLATES if fields.get("is_default"))
+            found, _ = Template.objects.get_or_create(slug=fields["slug"], defaults=fields)
+        return found
+
+
 class Template(models.Model):
     """A ready environment. Everything that goes into building it is its definition
     (:meth:`definition`): changing any of it makes a new version (:attr:`version`), built anew
@@ -57,6 +80,8 @@ class Template(models.Model):
         null=True, blank=True, help_text="Idle period of its sandboxes; empty: the deployment's default."
     )
 
+    objects = TemplateQuerySet.as_manager()
+
     class Meta:
         ordering = ["position", "name"]
         constraints = [models.UniqueConstraint(fields=["is_default"], condition=Q(is_default=True), name="one_default")]
@@ -91,6 +116,11 @@ class Template(models.Model):
     def artifact_name(self) -> str:
         """The built version's name with every provider: ``<slug>-<hash of its definition>``."""
         return f"{self.slug}-{self.version}"
+
+    def built_for(self, provider_name: str) -> bool:
+        """Whether the build of the current version is ready on that provider."""
+        ready = TemplateBuild.State.READY
+        return self.builds.filter(provider=provider_name, version=self.version, state=ready).exists()
 
     def recipe(self) -> TemplateRecipe:
         return TemplateRecipe(

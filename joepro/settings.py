@@ -381,6 +381,8 @@ CELERY_BEAT_SCHEDULE: dict = {
 # Each template version is built once per provider in the background (environments.builds): when
 # a worker starts, and every TEMPLATE_BUILD_CHECK_SECONDS for versions still unbuilt.
 TEMPLATE_BUILDS_AT_WORKER_START = env.bool("TEMPLATE_BUILDS_AT_WORKER_START", default=True)
+# How many sandboxes a user may keep, one per template (1: one sandbox, as before templates).
+SANDBOX_MAX_PER_USER = env.int("SANDBOX_MAX_PER_USER", default=1)
 
 # --- Usage, cost and budgets ----------------------------------------------------------------
 

@@ -45,6 +45,7 @@ class IdleFilter(admin.SimpleListFilter):
 class SandboxAdmin(admin.ModelAdmin):
     list_display = [
         "owner",
+        "template",
         "state",
         "provider",
         "remote_name",
@@ -56,13 +57,14 @@ class SandboxAdmin(admin.ModelAdmin):
         "idle_for",
         "short_error",
     ]
-    list_filter = ["state", "provider", IdleFilter]
+    list_filter = ["state", "provider", "template", IdleFilter]
     search_fields = ["user__email", "remote_name"]
-    list_select_related = ["user"]
+    list_select_related = ["user", "template"]
     ordering = ["-created_at"]
     actions = ["stop_sandboxes", "start_sandboxes", "delete_sandboxes", "refresh_sandboxes"]
     fields = [
         "user",
+        "template",
         "provider",
         "state",
         "backend_state",

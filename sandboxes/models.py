@@ -35,10 +35,26 @@ class SandboxQuerySet(models.QuerySet):
         return self.annotate(idle_start=Greatest(activity, started))
 
 
-class Sandbox(models.Model):
-    """A user's one sandbox, as the portal last saw it."""
+def default_template_pk() -> int | None:
+    """The template a sandbox is made from when nobody chose one: the default."""
+    from environments.models import Template
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sandbox")
+    template = Template.objects.default()
+    return template.pk if template is not None else None
+
+
+class Sandbox(models.Model):
+    """One of a user's sandboxes (one per template, up to ``SANDBOX_MAX_PER_USER``), as the
+    portal last saw it."""
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="sandboxes")
+    template = models.ForeignKey(
+        "environments.Template",
+        on_delete=models.PROTECT,
+        related_name="+",
+        default=default_template_pk,
+        help_text="What it was made from.",
+    )
     provider = models.CharField(max_length=32, help_text="The backend that holds this sandbox.")
     remote_name = models.CharField(max_length=128, unique=True)
     remote_id = models.CharField(max_length=128, blank=True, db_index=True)
@@ -77,6 +93,9 @@ class Sandbox(models.Model):
     idle_minutes = models.PositiveIntegerField(
         null=True, blank=True, help_text="The owner's idle period in minutes; empty: the deployment's default."
     )
+    template_idle_minutes = models.PositiveIntegerField(
+        null=True, blank=True, help_text="Its template's idle period when it was made; empty: none of its own."
+    )
     warn_by_email = models.BooleanField(default=False, help_text="Email the owner before an idle stop.")
     keep_awake_until = models.DateTimeField(
         null=True, blank=True, help_text="The owner extended the idle stop: not stopped as idle before this."
@@ -93,6 +112,7 @@ class Sandbox(models.Model):
 
     class Meta:
         indexes = [models.Index(fields=["state", "last_activity_at"])]
+        constraints = [models.UniqueConstraint(fields=["user", "template"], name="one_sandbox_per_template")]
 
     def __str__(self) -> str:
         return self.remote_name
@@ -123,8 +143,13 @@ class Sandbox(models.Model):
 
     @property
     def idle_period(self) -> timedelta:
-        """How long the sandbox may go without use: the owner's choice, else the default."""
-        return timedelta(minutes=self.idle_minutes or settings.SANDBOX_IDLE_MINUTES)
+        """How long the sandbox may go without use: the owner's choice, else its template's (never
+        below ``SANDBOX_IDLE_MIN_MINUTES``), else the deployment's."""
+        if self.idle_minutes:
+            return timedelta(minutes=self.idle_minutes)
+        if self.template_idle_minutes:
+            return timedelta(minutes=max(self.template_idle_minutes, settings.SANDBOX_IDLE_MIN_MINUTES))
+        return timedelta(minutes=settings.SANDBOX_IDLE_MINUTES)
 
     @property
     def idle_deadline(self) -> datetime:

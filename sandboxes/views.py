@@ -5,6 +5,7 @@ from django.contrib.auth.decorators import login_required
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET
 
+from . import services
 from .http import no_store
 from .models import Sandbox
 from .origins import parse_origin
@@ -50,9 +51,13 @@ def portal(request):
     has_sandbox = (
         request.user.is_authenticated and Sandbox.objects.filter(user=request.user).exclude(remote_id="").exists()
     )
-    return render(
-        request, "sandboxes/portal.html", {"specs": specs, "auto_launch": auto_launch, "has_sandbox": has_sandbox}
-    )
+    context = {
+        "specs": specs,
+        "auto_launch": auto_launch,
+        "has_sandbox": has_sandbox,
+        "templates": services.templates_offered() if request.user.is_authenticated else [],
+    }
+    return render(request, "sandboxes/portal.html", context)
 
 
 @require_GET
@@ -68,7 +73,11 @@ def terminal(request, remote_id: str):
 def dashboard(request):
     """The owner's dashboard: the page's script fills it from the JSON API. A user whose sandbox
     has never been made is sent to the portal, whose launcher makes it."""
-    sandbox = Sandbox.objects.filter(user=request.user).exclude(remote_id="").first()
-    if sandbox is None:
+    mine = list(Sandbox.objects.filter(user=request.user).exclude(remote_id="").select_related("template"))
+    chosen = request.GET.get("template")
+    sandbox = next((row for row in mine if row.template.slug == chosen), None) or services.own_row(request.user)
+    if sandbox is None or not sandbox.remote_id:
         return redirect("portal")
-    return no_store(render(request, "sandboxes/dashboard.html", {"sandbox": sandbox}))
+    query = f"?template={sandbox.template.slug}"
+    context = {"sandbox": sandbox, "sandboxes": mine if len(mine) > 1 else [], "query": query}
+    return no_store(render(request, "sandboxes/dashboard.html", context))

@@ -112,12 +112,19 @@ def on_unexpected(request, exc: Exception):
     )
 
 
-def own_sandbox(request) -> Sandbox:
-    """The signed-in user's sandbox row; ``not_found`` (404) when they have none."""
-    sandbox = Sandbox.objects.filter(user=request.auth).first()
+def own_sandbox(request, template: str | None = None) -> Sandbox:
+    """The signed-in user's sandbox of that template (by slug: the body's, else the query's
+    ``?template=``, which the dashboard's URLs carry), else the one they started last;
+    ``not_found`` (404) when they have none."""
+    sandbox = services.own_row(request.auth, template or request.GET.get("template") or None)
     if sandbox is None:
         raise no_sandbox()
     return sandbox
+
+
+def named_template(payload) -> str | None:
+    """The template a body names (``{"template": "<slug>"}``), if it names one."""
+    return getattr(payload, "template", None) if payload is not None else None
 
 
 def no_sandbox() -> services.SandboxError:

@@ -11,7 +11,7 @@ from ninja import Status
 from sandboxes import services
 from sandboxes.http import no_store
 
-from .core import api, own_sandbox
+from .core import api, named_template, own_sandbox
 from .out import access_out, editor_out, ledger_entry_out, sandbox_out
 from .schemas import (
     ERRORS,
@@ -37,9 +37,9 @@ EVENTS_SOCKET = "/ws/sandbox/events/"
     "settings, where live updates come from (live.websocketUrl, or polling every live.pollSeconds) and the "
     "server's clock. 404 when the user has no sandbox.",
 )
-def sandbox_dashboard(request, response: HttpResponse):
+def sandbox_dashboard(request, response: HttpResponse, template: str | None = None):
     no_store(response)
-    sandbox = own_sandbox(request)
+    sandbox = own_sandbox(request, template)
     now = timezone.now()
     access = services.valid_access(sandbox, now)
     low, high = services.idle_period_bounds()
@@ -67,6 +67,15 @@ def sandbox_dashboard(request, response: HttpResponse):
     )
 
 
+def _own_or_new(request, template: str | None):
+    """The user's sandbox (of that template), its row made now when there is none: preferences
+    may be chosen before a first launch."""
+    sandbox = services.own_row(request.auth, template)
+    if sandbox is not None:
+        return sandbox
+    return services.sandbox_get_or_create_row(user=request.auth, template=services.template_named(template))
+
+
 def _preferences_out(sandbox) -> dict:
     low, high = services.idle_period_bounds()
     return {
@@ -84,10 +93,9 @@ def _preferences_out(sandbox) -> dict:
     summary="The signed-in user's idle period and email choice",
     description="idleMinutes null means the deployment's default (defaultMinutes).",
 )
-def preferences_detail(request, response: HttpResponse):
+def preferences_detail(request, response: HttpResponse, template: str | None = None):
     no_store(response)
-    sandbox = services.sandbox_get_or_create_row(user=request.auth)
-    return Status(200, _preferences_out(sandbox))
+    return Status(200, _preferences_out(_own_or_new(request, template)))
 
 
 @api.put(
@@ -100,7 +108,7 @@ def preferences_detail(request, response: HttpResponse):
 )
 def preferences_update(request, response: HttpResponse, payload: PreferencesIn):
     no_store(response)
-    sandbox = services.sandbox_get_or_create_row(user=request.auth)
+    sandbox = _own_or_new(request, payload.template)
     given = payload.model_fields_set
     idle_minutes = payload.idleMinutes if "idleMinutes" in given else sandbox.idle_minutes
     email = payload.emailBeforeStop if "emailBeforeStop" in given and payload.emailBeforeStop is not None else None
@@ -121,9 +129,9 @@ def preferences_update(request, response: HttpResponse, payload: PreferencesIn):
     "created, when it expires, when and from which address it was last used, and its state; those that ended "
     "or were revoked in the last 24 hours too. Never the secrets themselves.",
 )
-def access_ledger(request, response: HttpResponse):
+def access_ledger(request, response: HttpResponse, template: str | None = None):
     no_store(response)
-    sandbox = own_sandbox(request)
+    sandbox = own_sandbox(request, template)
     now = timezone.now()
     grants = services.access_ledger(sandbox=sandbox, now=now)
     return Status(200, {"entries": [ledger_entry_out(grant, now) for grant in grants]})
@@ -136,7 +144,7 @@ def access_ledger(request, response: HttpResponse):
 )
 def access_revoke_all(request, response: HttpResponse, payload: LaunchIn | None = None):
     no_store(response)
-    revoked = services.access_revoke_all(sandbox=own_sandbox(request), actor=request.auth)
+    revoked = services.access_revoke_all(sandbox=own_sandbox(request, named_template(payload)), actor=request.auth)
     return Status(200, {"revoked": revoked})
 
 
@@ -149,7 +157,9 @@ def access_revoke_all(request, response: HttpResponse, payload: LaunchIn | None 
 )
 def access_revoke(request, response: HttpResponse, entry_id: str, payload: LaunchIn | None = None):
     no_store(response)
-    grant = services.access_revoke(sandbox=own_sandbox(request), public_id=entry_id, actor=request.auth)
+    grant = services.access_revoke(
+        sandbox=own_sandbox(request, named_template(payload)), public_id=entry_id, actor=request.auth
+    )
     return Status(200, {"entry": ledger_entry_out(grant)})
 
 
@@ -160,9 +170,9 @@ def access_revoke(request, response: HttpResponse, entry_id: str, payload: Launc
     description="Launches, stops and their reasons (the idle policy, an operator, the owner), extensions, "
     "revokes and what kept it awake (terminal input, SSH, the preview...), at most 50 entries.",
 )
-def sandbox_timeline(request, response: HttpResponse):
+def sandbox_timeline(request, response: HttpResponse, template: str | None = None):
     no_store(response)
-    entries = services.sandbox_timeline(sandbox=own_sandbox(request))
+    entries = services.sandbox_timeline(sandbox=own_sandbox(request, template))
     return Status(
         200,
         {

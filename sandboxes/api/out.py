@@ -18,6 +18,7 @@ def sandbox_out(sandbox: Sandbox) -> dict:
     return {
         "id": sandbox.remote_id or None,
         "name": sandbox.remote_name,
+        "template": {"slug": sandbox.template.slug, "name": sandbox.template.name},
         "state": sandbox.state,
         "provider": sandbox.provider,
         "resources": {"cpu": sandbox.cpu, "memoryGb": sandbox.memory_gb, "diskGb": sandbox.disk_gb},

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from ninja import Schema
+from ninja import Field, Schema
 from pydantic import ConfigDict
 
 # --- schemas ----------------------------------------------------------------------------------
 
 
 class LaunchIn(Schema):
-    """The launch takes nothing from the body; unknown fields (userId, email...) are ignored."""
+    """The launch takes at most a template's slug from the body (none: the default template);
+    unknown fields (userId, email...) are ignored."""
 
     model_config = ConfigDict(extra="ignore")
+    template: str | None = Field(default=None, max_length=32)
 
 
 class Resources(Schema):
@@ -38,9 +40,37 @@ class ErrorDetail(Schema):
     budget: BudgetRefusal | None = None
 
 
+class TemplateRef(Schema):
+    slug: str
+    name: str
+
+
+class AppOut(Schema):
+    template: TemplateRef
+    command: str
+    port: int
+    running: bool
+    ready: bool
+    log: str
+
+
+class TemplateOut(Schema):
+    slug: str
+    name: str
+    description: str
+    default: bool
+    hasSandbox: bool
+
+
+class TemplatesOut(Schema):
+    templates: list[TemplateOut]
+    maxSandboxes: int
+
+
 class SandboxOut(Schema):
     id: str | None
     name: str
+    template: TemplateRef
     state: str
     provider: str
     resources: Resources
@@ -121,6 +151,7 @@ class HeartbeatIn(Schema):
 
     model_config = ConfigDict(extra="ignore")
     interacted: bool = False
+    template: str | None = Field(default=None, max_length=32)
 
 
 class HeartbeatOut(Schema):
@@ -139,13 +170,17 @@ class BodyIn(Schema):
 
 class ExtendIn(BodyIn):
     minutes: int | None = None
+    template: str | None = Field(default=None, max_length=32)
 
 
 class ResetIn(BodyIn):
     confirm: str = ""
+    template: str | None = Field(default=None, max_length=32)  # the sandbox to reset (by its template)
+    newTemplate: str | None = Field(default=None, max_length=32)  # what it becomes (default: what it was)
 
 
 class PreferencesIn(BodyIn):
+    template: str | None = Field(default=None, max_length=32)
     idleMinutes: int | None = None
     emailBeforeStop: bool | None = None
 

@@ -20,6 +20,7 @@ provider: only the services do. Failures reach them as one error type, :class:`S
 - :mod:`.warnings`   the email before an idle stop
 - :mod:`.webhooks`   providers' webhooks, verified and applied once
 - :mod:`.live`       telling the owner's open pages that their sandbox changed
+- :mod:`.apps`       a template's app: its start command after every start, its log, its readiness
 - :mod:`.templates`  template versions prepared with the providers (``environments`` decides when)
 - :mod:`.configuration`  what keeps the configured provider from working, for system checks and readiness
 """
@@ -38,6 +39,7 @@ from .activity import (
     sandbox_refresh_activity,
     sandbox_set_preferences,
 )
+from .apps import AppStatus, app_status
 from .configuration import PROVIDER_NAMES, provider_problems, provider_reachable
 from .controls import sandbox_reset, sandbox_restart, sandbox_stop_own
 from .errors import SandboxError
@@ -78,10 +80,16 @@ from .rows import (
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     LABEL_OWNER,
+    SandboxLimit,
     managed_labels,
+    max_sandboxes,
+    own_row,
+    own_templates,
     owner_labels,
     remote_name_for,
     sandbox_get_or_create_row,
+    template_named,
+    templates_offered,
 )
 from .templates import template_prepare, template_prepared
 from .terminals import (
@@ -96,6 +104,14 @@ from .timeline import TimelineEntry, sandbox_timeline
 from .webhooks import webhook_secret_valid
 
 __all__ = [
+    "max_sandboxes",
+    "own_templates",
+    "template_named",
+    "templates_offered",
+    "AppStatus",
+    "app_status",
+    "own_row",
+    "SandboxLimit",
     "template_prepare",
     "template_prepared",
     "TimelineEntry",

@@ -9,10 +9,10 @@ from __future__ import annotations
 from sandboxes.models import AuditEvent, Sandbox
 
 from .errors import SandboxError
-from .launch import Launch, sandbox_launch
+from .launch import Launch, check_offered, sandbox_launch
 from .lifecycle import sandbox_delete, sandbox_stop
 from .live import sandbox_changed
-from .rows import Actor, audit
+from .rows import Actor, audit, remote_name_for, sandbox_labels
 
 STOPPED_BY_OWNER = "stopped by its owner"
 
@@ -32,13 +32,21 @@ def sandbox_restart(*, sandbox: Sandbox, user) -> Launch:
         raise SandboxError(
             "still_stopping", "Your sandbox is still stopping; try again in a few seconds.", status=409, retry_after=5
         )
-    return sandbox_launch(user=user)
+    return sandbox_launch(user=user, template=sandbox.template)
 
 
-def sandbox_reset(*, sandbox: Sandbox, user, confirm: str) -> Launch:
-    """Delete the remote sandbox with every file in it and create a new one. ``confirm`` must
-    be the sandbox's name, typed by the owner (``SandboxError("confirmation_mismatch")``, 400,
+def sandbox_reset(*, sandbox: Sandbox, user, confirm: str, template=None) -> Launch:
+    """Delete the remote sandbox with every file in it and create a new one, of ``template``
+    when given (how a user at ``SANDBOX_MAX_PER_USER`` changes template). ``confirm`` must be
+    the sandbox's name, typed by the owner (``SandboxError("confirmation_mismatch")``, 400,
     otherwise, and nothing is done). The row, the owner's preferences and the audit log stay."""
+    template = template or sandbox.template
+    if template.pk != sandbox.template_id:
+        if Sandbox.objects.filter(user=user, template=template).exists():
+            raise SandboxError(
+                "template_taken", f"You have a {template.name} sandbox already: open that one.", status=409
+            )
+        check_offered(template)
     if confirm.strip() != sandbox.remote_name:
         raise SandboxError(
             "confirmation_mismatch",
@@ -46,7 +54,21 @@ def sandbox_reset(*, sandbox: Sandbox, user, confirm: str) -> Launch:
             status=400,
         )
     sandbox_delete(sandbox=sandbox, actor_type=Actor.USER, actor=user, reason="reset by its owner")
-    Sandbox.objects.filter(pk=sandbox.pk).update(keep_awake_until=None, stop_warning_sent_for=None)
-    audit(sandbox, AuditEvent.Action.RESET, actor_type=Actor.USER, actor=user)
+    changes = {"keep_awake_until": None, "stop_warning_sent_for": None}
+    if template.pk != sandbox.template_id:
+        changes.update(
+            template=template,
+            remote_name=remote_name_for(user, template),
+            labels=sandbox_labels(user, template),
+            template_idle_minutes=template.idle_minutes,
+        )
+    Sandbox.objects.filter(pk=sandbox.pk).update(**changes)
+    audit(
+        sandbox,
+        AuditEvent.Action.RESET,
+        actor_type=Actor.USER,
+        actor=user,
+        **({"template": template.slug} if template.pk != sandbox.template_id else {}),
+    )
     sandbox_changed(sandbox)
-    return sandbox_launch(user=user)
+    return sandbox_launch(user=user, template=template)

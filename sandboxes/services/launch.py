@@ -13,6 +13,7 @@ from django.core.cache import cache
 from django.db import transaction
 from django.utils import timezone
 
+from environments.models import Template
 from sandboxes.models import ActivitySource, AuditEvent, Sandbox, SandboxState
 from sandboxes.providers.base import (
     ErrorKind,
@@ -28,6 +29,7 @@ from usage.instruments import LAUNCH_DURATION, LAUNCH_FAILURES
 from . import capacity, guards
 from .access import access_for
 from .activity import backstop_minutes, note_remote_touch
+from .apps import start_app
 from .errors import SandboxError, provider_failures_as_sandbox_errors
 from .live import sandbox_changed
 from .locks import locked_for_action
@@ -37,10 +39,11 @@ from .rows import (
     audit,
     clear_failure,
     is_owned_by,
-    owner_labels,
+    own_row,
     provider_for,
     record_failure,
     sandbox_get_or_create_row,
+    sandbox_labels,
 )
 
 log = logging.getLogger(__name__)
@@ -66,8 +69,15 @@ class Launch:
 
 
 @provider_failures_as_sandbox_errors
-def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
-    """Create, resume or reuse the user's sandbox and return access to it.
+def sandbox_launch(*, user, template=None, now: datetime | None = None) -> Launch:
+    """Create, resume or reuse the user's sandbox of ``template`` (default: the default
+    template) and return access to it.
+
+    A template is launched from its prebuilt version (``environments``); one whose build is not
+    ready is refused (``SandboxError("template_unavailable")``), except the default, which falls
+    back to the deployment's image (``SANDBOX_IMAGE``/``SANDBOX_SNAPSHOT``, as before templates)
+    until its build is ready. A new template beyond ``SANDBOX_MAX_PER_USER`` is refused with
+    ``SandboxLimit``.
 
     Concurrency: the user's row is locked for the whole flow, so simultaneous launches by one
     user queue behind each other and make exactly one remote sandbox; the later ones find it
@@ -82,7 +92,9 @@ def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
     began = time.time()
     try:
         _check_launch_rate(user)
-        row = sandbox_get_or_create_row(user=user)
+        template = template or Template.objects.default()
+        check_offered(template)
+        row = sandbox_get_or_create_row(user=user, template=template)
         try:
             with locked_for_action(row) as sandbox:
                 locked_at = timezone.now()
@@ -99,6 +111,21 @@ def sandbox_launch(*, user, now: datetime | None = None) -> Launch:
         raise
     _time_launch(launch, kind, began)
     return launch
+
+
+def check_offered(template) -> None:
+    """Refuse a template that may not be launched here now (see :func:`sandbox_launch`)."""
+    provider_name = settings.SANDBOX_PROVIDER
+    if template.enabled and (template.is_default or template.built_for(provider_name)):
+        return
+    build = template.builds.filter(provider=provider_name, version=template.version).first()
+    if not template.enabled:
+        why = "is not offered"
+    elif build is None or build.state in ("queued", "building"):
+        why = "is still being prepared; try again in a few minutes"
+    else:
+        why = "could not be prepared; an operator has been shown why"
+    raise SandboxError("template_unavailable", f"The {template.name} template {why}.", status=409, retry_after=60)
 
 
 def _launch_kind(sandbox: Sandbox, *, since) -> str:
@@ -141,6 +168,8 @@ def _launch_locked(sandbox: Sandbox, provider: SandboxProvider, user, now: datet
         note_remote_touch(sandbox, now)  # a create or start moves the provider's own activity timer
     if remote.state is not RemoteState.STARTED:
         return Launch(sandbox=sandbox, access=None)
+    if acted:
+        start_app(sandbox, provider)  # the template's app comes back with every start
     access = access_for(sandbox, provider, user, fresh=acted, now=now)
     sandbox.last_activity_at, sandbox.last_activity_source = now, ActivitySource.LAUNCH
     sandbox.build_retried_for = ""
@@ -222,7 +251,20 @@ def find_own(sandbox: Sandbox, provider: SandboxProvider, user) -> RemoteSandbox
 
 
 def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
-    sandbox.labels = owner_labels(user)
+    """What to create: the template's prebuilt version with its resources where it is built
+    for the sandbox's provider, else the deployment's image with the deployment's resources
+    (the default template's fallback). The row takes the resources it gets."""
+    template = sandbox.template
+    sandbox.labels = sandbox_labels(user, template)
+    built = template.built_for(sandbox.provider)
+    if built:
+        sandbox.cpu, sandbox.memory_gb, sandbox.disk_gb = template.cpu, template.memory_gb, template.disk_gb
+    else:
+        sandbox.cpu, sandbox.memory_gb, sandbox.disk_gb = (
+            settings.SANDBOX_CPU,
+            settings.SANDBOX_MEMORY_GB,
+            settings.SANDBOX_DISK_GB,
+        )
     return SandboxSpec(
         name=sandbox.remote_name,
         labels=sandbox.labels,
@@ -231,6 +273,7 @@ def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
         disk_gb=sandbox.disk_gb,
         image=settings.SANDBOX_IMAGE,
         snapshot=settings.SANDBOX_SNAPSHOT,
+        template=template.artifact_name if built else "",
         auto_stop_minutes=backstop_minutes(sandbox),
     )
 
@@ -295,7 +338,7 @@ def _recover_or_replace(sandbox, provider, remote, user, deadline) -> RemoteSand
         return recovered
     reason = "unrecoverable error, replaced"
     if remote.build_failed:
-        image = settings.SANDBOX_SNAPSHOT or settings.SANDBOX_IMAGE
+        image = _spec_for(sandbox, user).template or settings.SANDBOX_SNAPSHOT or settings.SANDBOX_IMAGE
         if sandbox.build_retried_for == image:
             apply_remote(sandbox, remote, timezone.now())
             raise SandboxError(
@@ -334,11 +377,11 @@ def _wait_while(provider, remote: RemoteSandbox, states: set[RemoteState], deadl
 # --- status -----------------------------------------------------------------------------------
 
 
-def sandbox_status(*, user, now: datetime | None = None) -> Sandbox | None:
-    """The user's sandbox as the launcher polls it. While it is mid-transition the row is
-    synced from the provider (at most once a second) unless a launch holds its lock; a
-    provider failure is recorded on the row, not raised."""
-    sandbox = Sandbox.objects.filter(user=user).first()
+def sandbox_status(*, user, template_slug: str | None = None, now: datetime | None = None) -> Sandbox | None:
+    """The user's sandbox (of that template: :func:`own_row`) as the launcher polls it. While
+    it is mid-transition the row is synced from the provider (at most once a second) unless a
+    launch holds its lock; a provider failure is recorded on the row, not raised."""
+    sandbox = own_row(user, template_slug)
     unsettled = sandbox is not None and (sandbox.is_transitioning or sandbox.state == SandboxState.UNKNOWN)
     if not (unsettled and sandbox.remote_id):
         return sandbox

@@ -26,6 +26,7 @@ from usage.instruments import IDLE_STOPS
 
 from .access import links_to_expire
 from .activity import fold_outside_activity, note_remote_touch
+from .apps import start_app
 from .errors import SandboxError, provider_failures_as_sandbox_errors
 from .grants import end_sandboxes_grants
 from .launch import find_own
@@ -51,7 +52,16 @@ STOP_TARGETS = frozenset(
 )
 STOP_CHUNK = 256  # rows locked per transaction while their stops are in flight
 # What the idle policy reads of each candidate to know its idle stop time.
-IDLE_FIELDS = ("pk", "user_id", "created_at", "last_started_at", "last_activity_at", "idle_minutes", "keep_awake_until")
+IDLE_FIELDS = (
+    "pk",
+    "user_id",
+    "created_at",
+    "last_started_at",
+    "last_activity_at",
+    "idle_minutes",
+    "template_idle_minutes",
+    "keep_awake_until",
+)
 
 
 @dataclass
@@ -182,9 +192,7 @@ def sandboxes_stop_idle(*, now: datetime, concurrency: int | None = None) -> Sto
             Sandbox.objects.with_idle_since()
             .filter(state=SandboxState.STARTED, idle_start__lt=now - shortest)
             .filter(Q(keep_awake_until__isnull=True) | Q(keep_awake_until__lt=now))
-            .only(
-                "pk", "user_id", "created_at", "last_started_at", "last_activity_at", "idle_minutes", "keep_awake_until"
-            )
+            .only(*IDLE_FIELDS)
             .order_by("pk")
         )
         ids = [row.pk for row in candidates.iterator(chunk_size=2000) if row.idle_deadline < now]
@@ -396,6 +404,8 @@ def sandbox_start(
             apply_remote(row, remote, now)
             note_remote_touch(row, now)
             clear_failure(row)
+            if remote.state is RemoteState.STARTED:
+                start_app(row, provider_for(row))
             audit(
                 row,
                 AuditEvent.Action.START,

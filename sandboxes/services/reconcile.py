@@ -11,6 +11,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
+from environments.models import Template
 from joepro.request_context import ContextThreadPool
 from sandboxes.models import AuditEvent, Sandbox, SandboxState
 from sandboxes.providers import get_provider
@@ -21,6 +22,7 @@ from .live import sandbox_changed
 from .locks import exclusive_lock, lock_rows
 from .rows import (
     LABEL_OWNER,
+    LABEL_TEMPLATE,
     WRITE_BATCH,
     Actor,
     apply_remote,
@@ -270,14 +272,19 @@ def _orphan_plans(
         str(user.pk): user
         for user in get_user_model().objects.filter(pk__in=[key for key in owner_keys if key.isdigit()])
     }
-    rows = {str(row.user_id): row for row in Sandbox.objects.filter(user_id__in=[int(pk) for pk in users])}
+    rows = {
+        (str(row.user_id), row.template.slug): row
+        for row in Sandbox.objects.filter(user_id__in=[int(pk) for pk in users]).select_related("template")
+    }
+    default_slug = Template.objects.default().slug
     names_taken = set(
         Sandbox.objects.filter(remote_name__in=[r.name for r in orphans]).values_list("remote_name", "user_id")
     )
     plans, adopting = [], set()
     for remote in orphans:
         key = remote.labels.get(LABEL_OWNER, "")
-        user, row = users.get(key), rows.get(key)
+        user = users.get(key)
+        row = rows.get((key, remote.labels.get(LABEL_TEMPLATE) or default_slug))
         why = ""
         if user is None:
             why = "its owner label names no user"
@@ -285,12 +292,12 @@ def _orphan_plans(
             why = "its labels do not match this deployment"
         elif row is not None and row.remote_id:
             why = f"the owner already has sandbox {row.remote_id}"
-        elif key in adopting:
-            why = "the owner has another orphan adopted in this pass"
+        elif (key, remote.labels.get(LABEL_TEMPLATE)) in adopting:
+            why = "the owner has another orphan of this template adopted in this pass"
         elif any(name == remote.name and owner != user.pk for name, owner in names_taken):
             why = "its name is another user's sandbox name"
         if not why:
-            adopting.add(key)
+            adopting.add((key, remote.labels.get(LABEL_TEMPLATE)))
             if row is None:
                 row = new_row_for(user, provider_name, remote)
             plans.append(_Plan(row=row, remote=remote, stuck=False, seen=_seen(row), adopt=True))

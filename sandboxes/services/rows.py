@@ -8,8 +8,11 @@ from collections.abc import Iterator
 from datetime import datetime
 
 from django.conf import settings
-from django.db import IntegrityError
+from django.contrib.auth import get_user_model
+from django.db import IntegrityError, transaction
+from django.db.models import F
 
+from environments.models import Template
 from sandboxes.models import AuditEvent, Sandbox, SandboxState, StateChange
 from sandboxes.providers import get_provider
 from sandboxes.providers.base import ProviderError, RemoteSandbox, RemoteState, SandboxProvider
@@ -20,6 +23,10 @@ from .live import sandbox_changed
 LABEL_MANAGED = "joepro-managed"
 LABEL_DEPLOYMENT = "joepro-deployment"
 LABEL_OWNER = "joepro-owner"
+LABEL_TEMPLATE = "joepro-template"
+# Sandboxes from before templates were all Node.js ones, named without a template: they keep
+# their names, and so do new sandboxes of that template.
+UNSUFFIXED_TEMPLATE = "nodejs"
 WRITE_BATCH = 500
 Actor = AuditEvent.ActorType
 
@@ -56,14 +63,23 @@ def owner_labels(user) -> dict[str, str]:
     return {**managed_labels(), LABEL_OWNER: str(user.pk)}
 
 
-def remote_name_for(user) -> str:
-    """Deterministic and collision-free: the deployment and the user's primary key.
+def remote_name_for(user, template=None) -> str:
+    """Deterministic and collision-free: the deployment, the user's primary key and the
+    template's slug (none for Node.js, whose sandboxes predate templates).
 
-    Neither part can be chosen by a user, and the owner label is checked before any sandbox
+    No part can be chosen by a user, and the owner label is checked before any sandbox
     found under this name is handed out.
     """
     deployment = re.sub(r"[^a-z0-9-]+", "-", settings.SANDBOX_DEPLOYMENT.lower()).strip("-") or "portal"
-    return f"{deployment}-user-{user.pk}"
+    name = f"{deployment}-user-{user.pk}"
+    if template is not None and template.slug != UNSUFFIXED_TEMPLATE:
+        name += f"-{template.slug}"
+    return name
+
+
+def sandbox_labels(user, template) -> dict[str, str]:
+    """The labels a sandbox is created with: its owner's and its template's."""
+    return {**owner_labels(user), LABEL_TEMPLATE: template.slug}
 
 
 def is_owned_by(remote: RemoteSandbox, user) -> bool:
@@ -74,28 +90,114 @@ def is_owned_by(remote: RemoteSandbox, user) -> bool:
 # --- rows -------------------------------------------------------------------------------------
 
 
-def sandbox_get_or_create_row(*, user) -> Sandbox:
-    """The user's row, created (state ``pending``) on first use. Safe under concurrent calls:
-    the one-per-user constraint lets exactly one insert win and the others read it."""
-    defaults = {
-        "provider": settings.SANDBOX_PROVIDER,
-        "remote_name": remote_name_for(user),
-        "cpu": settings.SANDBOX_CPU,
-        "memory_gb": settings.SANDBOX_MEMORY_GB,
-        "disk_gb": settings.SANDBOX_DISK_GB,
-        "labels": owner_labels(user),
-    }
-    try:
-        sandbox, _ = Sandbox.objects.get_or_create(user=user, defaults=defaults)
-    except IntegrityError:
-        sandbox = Sandbox.objects.get(user=user)
-    return sandbox
+def sandbox_get_or_create_row(*, user, template=None) -> Sandbox:
+    """The user's row for ``template`` (default: the default template), created (state
+    ``pending``) on first use.
+
+    Safe under concurrent calls: the one-per-(user, template) constraint lets exactly one
+    insert win and the others read it, and the user's own row is locked while the cap is
+    counted, so two templates chosen at once cannot both pass ``SANDBOX_MAX_PER_USER``.
+    Raises ``SandboxLimit`` (409 ``sandbox_limit``) at the cap.
+    """
+    template = template or Template.objects.default()
+    found = Sandbox.objects.filter(user=user, template=template).first()
+    if found is not None:
+        return found
+    with transaction.atomic():
+        get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+        found = Sandbox.objects.filter(user=user, template=template).first()
+        if found is not None:
+            return found
+        others = list(Sandbox.objects.filter(user=user).select_related("template").order_by("created_at"))
+        if len(others) >= settings.SANDBOX_MAX_PER_USER:
+            raise SandboxLimit(others, template)
+        try:
+            with transaction.atomic():
+                return Sandbox.objects.create(
+                    user=user,
+                    template=template,
+                    provider=settings.SANDBOX_PROVIDER,
+                    remote_name=remote_name_for(user, template),
+                    cpu=settings.SANDBOX_CPU,
+                    memory_gb=settings.SANDBOX_MEMORY_GB,
+                    disk_gb=settings.SANDBOX_DISK_GB,
+                    labels=sandbox_labels(user, template),
+                    template_idle_minutes=template.idle_minutes,
+                )
+        except IntegrityError:
+            pass
+    return Sandbox.objects.get(user=user, template=template)
+
+
+class SandboxLimit(SandboxError):
+    """The user keeps as many sandboxes as they may (``SANDBOX_MAX_PER_USER``) and chose another
+    template: they may open one of theirs, or reset one to the new template (its files lost)."""
+
+    def __init__(self, sandboxes: list[Sandbox], template):
+        names = ", ".join(f"{row.template.name} ({row.remote_name})" for row in sandboxes)
+        super().__init__(
+            "sandbox_limit",
+            f"You already have {len(sandboxes)} sandbox{'es' if len(sandboxes) != 1 else ''}, as many as you may "
+            f"keep: {names}. Open one of them, or reset one to {template.name}: its files will be deleted.",
+            status=409,
+            detail={
+                "template": template.slug,
+                "sandboxes": [
+                    {"name": row.remote_name, "template": row.template.slug, "templateName": row.template.name}
+                    for row in sandboxes
+                ],
+            },
+        )
+        self.sandboxes = sandboxes
+        self.template = template
+
+
+def template_named(slug: str | None):
+    """The template a request names (None: the default); ``SandboxError("invalid_request")``, 400,
+    for a slug that names none."""
+    if not slug:
+        return Template.objects.default()
+    template = Template.objects.filter(slug=slug).first()
+    if template is None:
+        raise SandboxError("invalid_request", f"There is no template named {slug!r}.", status=400)
+    return template
+
+
+def own_templates(user) -> list[str]:
+    """The slugs of the templates the user has a sandbox of."""
+    return list(Sandbox.objects.filter(user=user).values_list("template__slug", flat=True))
+
+
+def max_sandboxes() -> int:
+    return settings.SANDBOX_MAX_PER_USER
+
+
+def templates_offered() -> list:
+    """The templates the portal offers on the deployment's provider, in the page's order: those
+    built and enabled, and the default always (it falls back to the deployment's image)."""
+    offered = Template.objects.offered(settings.SANDBOX_PROVIDER)
+    default = Template.objects.default()
+    if default is not None and default not in offered:
+        offered = [default, *offered]
+    return sorted(offered, key=lambda template: (template.position, template.name))
+
+
+def own_row(user, template_slug: str | None = None) -> Sandbox | None:
+    """The user's sandbox of that template; without one named, the one they started last (the
+    only one where they keep one)."""
+    rows = Sandbox.objects.filter(user=user).select_related("template")
+    if template_slug:
+        return rows.filter(template__slug=template_slug).first()
+    return rows.order_by(F("last_started_at").desc(nulls_last=True), "-created_at").first()
 
 
 def new_row_for(user, provider_name: str, remote: RemoteSandbox) -> Sandbox:
-    """An unsaved row for a remote sandbox adopted for a user who never had one."""
+    """An unsaved row for a remote sandbox adopted for a user who never had one, of the template
+    its label names (else the default: sandboxes from before templates carry none)."""
+    template = Template.objects.filter(slug=remote.labels.get(LABEL_TEMPLATE) or "").first()
     return Sandbox(
         user=user,
+        template=template or Template.objects.default(),
         provider=provider_name,
         remote_name=remote.name,
         cpu=remote.cpu or settings.SANDBOX_CPU,

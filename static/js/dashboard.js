@@ -6,6 +6,7 @@
 // measured by the server's clock ("now" of the dashboard) and shown in the browser's time zone.
 
 import { setUpAccess } from "./dashboard-access.js";
+import { setUpApp } from "./dashboard-app.js";
 import { setUpPreferences } from "./dashboard-preferences.js";
 import { setUpUsage } from "./dashboard-usage.js";
 import { watchSandbox } from "./live.js";
@@ -99,6 +100,7 @@ function setUpDashboard() {
   const access = setUpAccess(page);
   const preferences = setUpPreferences(page);
   const usage = setUpUsage(page);
+  const app = setUpApp(page);
   setUpReset();
 
   controls.terminal.addEventListener("click", openTerminal);
@@ -144,6 +146,7 @@ function setUpDashboard() {
     renderStatus();
     warning.update(dashboard);
     usage.update(dashboard);
+    app.update(dashboard);
     access.render(dashboard, ledger.status === 200 ? ledger.body.entries : null);
     if (timeline.status === 200) renderTimeline(timeline.body.entries ?? []);
   }

@@ -6,7 +6,7 @@
 
 import { moneyFormat } from "./money.js";
 import { startPresence } from "./presence.js";
-import { LaunchError, SignInRequired, launchSandbox } from "./sandbox-api.js";
+import { LaunchError, SignInRequired, callApi, launchSandbox } from "./sandbox-api.js";
 
 const LAUNCH_TIMEOUT_MS = 5 * 60 * 1000;
 const REDIRECT_DELAY_SECONDS = 5;
@@ -61,6 +61,7 @@ function setUpLauncher() {
     status: launcher.dataset.statusUrl,
     heartbeat: launcher.dataset.heartbeatUrl,
     login: launcher.dataset.loginUrl,
+    reset: launcher.dataset.resetUrl,
   };
   const csrfToken = document.querySelector('meta[name="csrf-token"]').content;
 
@@ -91,6 +92,12 @@ function setUpLauncher() {
   const sandboxName = byId("sandbox-name");
   const sandboxResources = byId("sandbox-resources");
   const previewPort = byId("preview-port");
+  const templateChoice = byId("template-choice");
+  const limitDetail = byId("launch-error-limit");
+  const limitSandboxes = byId("limit-sandboxes");
+  const limitReset = byId("limit-reset");
+  const limitResetConfirm = byId("limit-reset-confirm");
+  let limited = null; // the sandbox_limit refusal being shown: {template, sandboxes}
 
   let busy = false;
   let skipRetryWait = null;
@@ -103,6 +110,7 @@ function setUpLauncher() {
   retryButton.addEventListener("click", () => (skipRetryWait ? skipRetryWait() : launch()));
   cancelRedirectButton.addEventListener("click", cancelRedirect);
   copyButton.addEventListener("click", copySshCommand);
+  limitReset.addEventListener("submit", resetToChosen);
 
   const params = new URLSearchParams(window.location.search);
   if (params.has("launch")) {
@@ -137,6 +145,9 @@ function setUpLauncher() {
       if (error instanceof LaunchError && error.error?.code === "budget_exceeded") {
         showBudget(error.error.budget);
       }
+      if (error instanceof LaunchError && error.error?.code === "sandbox_limit") {
+        showLimit(error.error);
+      }
       (retryButton.hidden ? errorBox : retryButton).focus();
       if (!(error instanceof LaunchError)) throw error;
     } finally {
@@ -145,12 +156,25 @@ function setUpLauncher() {
     }
   }
 
+  // The template chosen on the page (none offered but the default: null, the server's default).
+  function chosenTemplate() {
+    return templateChoice?.querySelector("input[name=template]:checked")?.value ?? null;
+  }
+
+  function choose(slug) {
+    const input = templateChoice?.querySelector(`input[name=template][value="${CSS.escape(slug)}"]`);
+    if (input) input.checked = true;
+  }
+
   // Resolves with the 200 body of POST create; throws LaunchError or SignInRequired.
   function runLaunch(deadline) {
     setStage("check", "active");
     setStatus("Checking your sandbox…");
+    const template = chosenTemplate();
+    const status = template ? `${urls.status}?template=${encodeURIComponent(template)}` : urls.status;
     return launchSandbox({
-      urls,
+      urls: { ...urls, status },
+      payload: template ? { template } : {},
       csrfToken,
       deadline,
       messages: LAUNCH_MESSAGES,
@@ -362,7 +386,70 @@ function setUpLauncher() {
     retryButton.hidden = true;
   }
 
+  // At the cap: the user's sandboxes to open instead, and the reset of the first to the
+  // chosen template behind its typed name (the server checks it again).
+  function showLimit(error) {
+    limited = error;
+    limitSandboxes.replaceChildren(
+      ...error.sandboxes.map((sandbox) => {
+        const item = document.createElement("li");
+        const open = document.createElement("button");
+        open.type = "button";
+        open.className = "button button--secondary button--small";
+        open.textContent = `Open ${sandbox.templateName} (${sandbox.name})`;
+        open.addEventListener("click", () => {
+          choose(sandbox.template);
+          launch();
+        });
+        item.append(open);
+        return item;
+      }),
+    );
+    const target = error.sandboxes[0];
+    byId("limit-reset-name").textContent = target.name;
+    byId("limit-reset-template").textContent =
+      templateChoice?.querySelector(`input[value="${CSS.escape(error.template)}"]`)?.nextElementSibling
+        ?.textContent ?? error.template;
+    limitResetConfirm.value = "";
+    limitDetail.hidden = false;
+    retryButton.hidden = true;
+  }
+
+  async function resetToChosen(event) {
+    event.preventDefault();
+    if (busy || !limited) return;
+    const target = limited.sandboxes[0];
+    const payload = { template: target.template, newTemplate: limited.template, confirm: limitResetConfirm.value };
+    busy = true;
+    hideError();
+    resetStages();
+    progress.hidden = false;
+    try {
+      // Reset once; what follows is the launch of the new sandbox (never a second reset).
+      setStage("check", "active");
+      setStatus("Deleting your sandbox and making the new one…");
+      const response = await callApi("POST", urls.reset, csrfToken, payload);
+      if (response.status === 200) {
+        showAccess(response.body);
+        return;
+      }
+      if (response.status !== 202) {
+        throw new LaunchError(response.body?.error?.message ?? UNEXPECTED_ERROR_MESSAGE, response.body?.error);
+      }
+      choose(limited.template);
+      showAccess(await runLaunch(Date.now() + LAUNCH_TIMEOUT_MS));
+    } catch (error) {
+      failActiveStage();
+      setStatus("");
+      showError(error instanceof LaunchError ? error.message : UNEXPECTED_ERROR_MESSAGE);
+      if (!(error instanceof LaunchError)) throw error;
+    } finally {
+      busy = false;
+    }
+  }
+
   function hideError() {
+    limitDetail.hidden = true;
     errorBox.hidden = true;
     errorMessage.textContent = "";
     retryCountdown.textContent = "";

@@ -71,18 +71,19 @@ export function parseRetryAfter(value) {
 
 // POSTs create until it answers 200 and resolves with that body ({sandbox, access});
 // throws LaunchError or SignInRequired. Options:
-//   urls: {create, status}; csrfToken; deadline: a Date.now() value;
+//   urls: {create, status}; csrfToken; deadline: a Date.now() value; payload: create's body
+//   ({template} picks the sandbox; status is then that sandbox's);
 //   messages: {tooSlow, byStatus: {status: fallback message}} (the page's copy);
 //   onWaiting(): a transition is under way, polling starts;
 //   onState(state): each state of the transition seen while polling (never a settled one);
 //   onSettled(state): polling is over ("gone" when the sandbox no longer exists);
 //   onRetry({message, seconds}): create answered 429/503; resolves when it is time to retry.
 export async function launchSandbox(options) {
-  const { urls, csrfToken, deadline, messages, onWaiting, onSettled, onRetry } = options;
+  const { urls, csrfToken, deadline, messages, onWaiting, onSettled, onRetry, payload = {} } = options;
   let conflicts = 0;
   for (;;) {
     ensureBefore(deadline, messages);
-    const response = await callApi("POST", urls.create, csrfToken);
+    const response = await callApi("POST", urls.create, csrfToken, payload);
     const code = response.body?.error?.code;
     if (FINAL_CODES.has(code) || (response.status === 409 && code !== "conflict")) {
       throw refused(response, messages);

@@ -7,11 +7,13 @@ machine where two things are the sandbox's own, so tests can set what a measurem
 
 - ``/sys/fs/cgroup`` holds the sandbox's memory cgroup, as at the root of a container's cgroup
   namespace (v2): ``memory.current`` and ``memory.max``;
-- the home, ``/home/daytona``, is a scratch filesystem (a tmpfs) the size of the sandbox's
-  disk, already holding its disk figure in a file of its own (``.fake-daytona-used``).
+- the home, ``/home/daytona``, is a filesystem (a tmpfs) the size of the sandbox's disk,
+  holding its disk figure in a file of its own (``.fake-daytona-used``). It is the sandbox's
+  own: what one command writes there the next one finds, as in a container (where this
+  machine cannot mount one, each command gets a scratch tmpfs instead).
 
-The figures are set with :meth:`Machines.set_resources` (or ``POST /__resources``); a sandbox
-nobody set uses 256 MiB of its memory and nothing of its disk. The scratch home is not the PTY
+The figures are set with :meth:`Machines.set_resources` (or ``POST /__resources``); a
+sandbox nobody set uses 256 MiB of its memory and nothing of its disk. The home is not the PTY
 shells' home (:mod:`.pty_sessions`): files written in a terminal are not seen by a command.
 Without bubblewrap the command runs in the PTY shells' home with this machine's figures.
 """
@@ -22,6 +24,7 @@ import asyncio
 import os
 import shutil
 import signal
+import subprocess
 import tempfile
 import threading
 from dataclasses import dataclass, replace
@@ -54,6 +57,7 @@ class Machines:
         self._lock = threading.Lock()
         self._resources: dict[str, Resources] = {}
         self._root: str | None = None
+        self._homes: dict[str, int] = {}  # sandbox id: size of its mounted home
         self.bwrap = shutil.which("bwrap")
 
     def set_resources(self, sandbox_id: str, **figures: int | None) -> Resources:
@@ -83,6 +87,9 @@ class Machines:
         with self._lock:
             self._resources.clear()
             root, self._root = self._root, None
+            homes, self._homes = list(self._homes), {}
+        for sandbox_id in homes:
+            subprocess.run(["umount", "-l", os.path.join(root or "", "homes", sandbox_id)], capture_output=True)
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
 
@@ -135,15 +142,41 @@ class Machines:
 
     def _isolated(self, sandbox_id: str, resources: Resources, cwd: str) -> list[str]:
         cgroup = self._cgroup_directory(sandbox_id, resources)
-        fill = f"fallocate -l {resources.disk_bytes} {SANDBOX_HOME}/{FILLER} && " if resources.disk_bytes else ""
+        fill = f"rm -f {SANDBOX_HOME}/{FILLER}; "
+        if resources.disk_bytes:
+            fill += f"fallocate -l {resources.disk_bytes} {SANDBOX_HOME}/{FILLER} && "
+        home = self._home_directory(sandbox_id, resources.disk_limit_bytes)
+        if home is not None:
+            mount = ["--bind", home, SANDBOX_HOME]
+        else:
+            mount = ["--size", str(resources.disk_limit_bytes), "--tmpfs", SANDBOX_HOME]
         return [
             self.bwrap,
             "--dev-bind", "/", "/",
             "--ro-bind", cgroup, "/sys/fs/cgroup",
-            "--size", str(resources.disk_limit_bytes), "--tmpfs", SANDBOX_HOME,
+            *mount,
             "--die-with-parent",
             "sh", "-c", f'{fill}cd "$0" && exec sh', cwd,
         ]  # fmt: skip
+
+    def _home_directory(self, sandbox_id: str, size: int) -> str | None:
+        """The sandbox's own home: a tmpfs of ``size`` bytes mounted on this machine on first use
+        (resized when the disk figure changes); None where mounting is not allowed."""
+        with self._lock:
+            if self._root is None:
+                self._root = tempfile.mkdtemp(prefix="fake-daytona-machines-")
+            directory = os.path.join(self._root, "homes", sandbox_id)
+            mounted = self._homes.get(sandbox_id)
+            if mounted == size:
+                return directory
+            os.makedirs(directory, exist_ok=True)
+            options = f"size={size}" if mounted is None else f"remount,size={size}"
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", directory], capture_output=True)
+            if done.returncode != 0:
+                return None
+            os.chmod(directory, 0o755)
+            self._homes[sandbox_id] = size
+            return directory
 
     def _cgroup_directory(self, sandbox_id: str, resources: Resources) -> str:
         with self._lock:
