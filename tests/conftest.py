@@ -72,6 +72,28 @@ def launch(client: Client, body: dict | None = None):
     return client.post("/api/sandbox/create", data=body or {}, content_type="application/json", **csrf_headers(client))
 
 
+DATABASE_FIXTURES = ("db", "transactional_db", "live_server", "django_db_reset_sequences")
+
+
+@pytest.fixture(autouse=True)
+def shipped_templates(request):
+    """The shipped templates in every test with a database, as a migrated deployment has them:
+    a transactional test's flush removes what the migrations wrote."""
+    wanted = [name for name in DATABASE_FIXTURES if name in request.fixturenames]
+    marker = request.node.get_closest_marker("django_db")
+    if not wanted and marker is None:
+        return
+    if wanted:
+        request.getfixturevalue(wanted[0])
+    from environments.models import Template
+    from environments.shipped import TEMPLATES
+
+    present = set(Template.objects.values_list("slug", flat=True))
+    for fields in TEMPLATES:
+        if fields["slug"] not in present:
+            Template.objects.create(**fields)
+
+
 @pytest.fixture(autouse=True)
 def fresh_cache():
     from django.core.cache import cache

@@ -52,3 +52,35 @@ def test_twenty_users_three_launches_each_make_twenty_sandboxes(daytona):
     assert daytona.calls["create"] == 20
     owners = {s["labels"]["joepro-owner"] for s in daytona.sandboxes()}
     assert owners == {str(u.pk) for u in users}
+
+
+def _launch_template_in_thread(args):
+    client, template = args
+    try:
+        response = launch(client, {"template": template})
+        return template, response.status_code, response.json()
+    finally:
+        connections.close_all()
+
+
+def test_templates_chosen_at_once_at_the_cap_make_one_sandbox(daytona):
+    from environments import builds
+    from environments.models import Template, TemplateBuild
+
+    python = Template.objects.get(slug="python")
+    build = TemplateBuild.objects.create(
+        template=python, provider="daytona", version=python.version, artifact=python.artifact_name
+    )
+    assert builds.run_build(build.pk).state == TemplateBuild.State.READY
+    daytona.latency = 0.02
+    user = make_user("two-at-once@example.com")
+    work = [(signed_in(user), template) for template in ["nodejs", "python"] * 10]
+
+    with ThreadPoolExecutor(max_workers=20) as pool:
+        results = list(pool.map(_launch_template_in_thread, work))
+
+    made = {template for template, status, _ in results if status == 200}
+    assert len(made) == 1  # whichever came first; the cap (1) refused the other template
+    refused = [body["error"]["code"] for template, status, body in results if template not in made]
+    assert refused == ["sandbox_limit"] * 10
+    assert Sandbox.objects.count() == 1 and len(daytona.sandboxes()) == 1

@@ -223,3 +223,25 @@ def test_two_users_sandboxes_of_one_template_are_their_own(daytona, owner):
     other = get_user_model().objects.create_user(username="b@example.com", email="b@example.com", password="x" * 12)
     ids = {launch(signed_in(user), {"template": "python"}).json()["sandbox"]["id"] for user in (owner, other)}
     assert len(ids) == 2
+
+
+@pytest.mark.django_db(transaction=True)
+def test_sandboxes_from_before_templates_become_node_ones_with_their_names():
+    from django.db import connection
+    from django.db.migrations.executor import MigrationExecutor
+
+    before = [("sandboxes", "0004_state_changes")]
+    executor = MigrationExecutor(connection)
+    leaves = executor.loader.graph.leaf_nodes()
+    try:
+        executor.migrate(before)
+        old = executor.loader.project_state(before).apps
+        user = old.get_model("auth", "User").objects.create(username="old", email="old@example.com")
+        old.get_model("sandboxes", "Sandbox").objects.create(
+            user_id=user.pk, provider="daytona", remote_name="joepro-user-old", cpu=2, memory_gb=4, disk_gb=8
+        )
+        MigrationExecutor(connection).migrate(leaves)
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+    row = Sandbox.objects.get(remote_name="joepro-user-old")
+    assert row.template.slug == "nodejs" and row.user.username == "old"

@@ -4,6 +4,7 @@ from the image the default template describes, so each becomes that template's."
 import django.db.models.deletion
 
 import sandboxes.models
+from environments.shipped import TEMPLATES
 from django.conf import settings
 from django.db import migrations, models
 
@@ -12,7 +13,10 @@ def to_the_node_template(apps, schema_editor):
     Template = apps.get_model("environments", "Template")
     Sandbox = apps.get_model("sandboxes", "Sandbox")
     if Sandbox.objects.exists():
-        node = Template.objects.filter(slug="nodejs").first() or Template.objects.get(is_default=True)
+        node = Template.objects.filter(slug="nodejs").first()
+        if node is None:  # the shipped templates were removed: the Node.js one is made again
+            fields = next(fields for fields in TEMPLATES if fields["slug"] == "nodejs")
+            node = Template.objects.create(**{**fields, "is_default": not Template.objects.filter(is_default=True).exists()})
         Sandbox.objects.update(template=node)
 
 

@@ -10,6 +10,7 @@ const LIVE_MS = 15000;
 export function setUpApp({ urls }) {
   const state = document.getElementById("app-state");
   const log = document.getElementById("app-log");
+  const previewWaiting = document.getElementById("preview-waiting"); // the preview link's note
   let timer = null;
   let running = false;
 
@@ -23,6 +24,7 @@ export function setUpApp({ urls }) {
         ? `Live: something answers on port ${app.port}.`
         : `Waiting for your app to listen on port ${app.port}…`;
       state.dataset.ready = String(app.ready);
+      previewWaiting.hidden = app.ready;
       log.textContent = app.log;
       log.hidden = !app.log;
       log.scrollTop = log.scrollHeight;
