@@ -35,12 +35,11 @@ class SandboxQuerySet(models.QuerySet):
         return self.annotate(idle_start=Greatest(activity, started))
 
 
-def default_template_pk() -> int | None:
+def default_template_pk() -> int:
     """The template a sandbox is made from when nobody chose one: the default."""
     from environments.models import Template
 
-    template = Template.objects.default()
-    return template.pk if template is not None else None
+    return Template.objects.default().pk
 
 
 class Sandbox(models.Model):

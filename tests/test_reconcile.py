@@ -126,6 +126,21 @@ def test_an_orphan_of_a_user_without_a_sandbox_is_adopted(daytona, owner):
     assert daytona.calls["create"] == 0
 
 
+def test_a_sandbox_from_before_templates_and_a_node_one_of_one_owner_are_adopted_once(daytona, owner):
+    """Both are the owner's Node.js sandbox: one carries no template label, the other says nodejs."""
+    daytona.add_sandbox(name="joepro-old-1", labels=owner_labels(owner), state="started")
+    daytona.add_sandbox(
+        name="joepro-old-2", labels={**owner_labels(owner), "joepro-template": "nodejs"}, state="started"
+    )
+
+    report = sandboxes_reconcile(now=later())
+
+    assert report.adopted == 1 and Sandbox.objects.filter(user=owner).count() == 1
+    assert [orphan.why for orphan in report.orphans] == [
+        "the owner has another orphan of this template adopted in this pass"
+    ]
+
+
 def test_a_crash_between_remote_create_and_database_write_is_repaired_by_adoption(daytona, owner):
     """The row exists (made before the launch) but never learnt its remote sandbox."""
     row = sandbox_get_or_create_row(user=owner)

@@ -3,6 +3,7 @@ restart, reset."""
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.http import HttpResponse
 from ninja import Status
 
@@ -11,7 +12,7 @@ from sandboxes.http import no_store
 from sandboxes.models import ActivitySource
 
 from .core import api, named_template, no_sandbox, own_sandbox
-from .out import access_out, sandbox_out
+from .out import access_out, sandbox_out, template_out
 from .schemas import (
     ERRORS,
     AppOut,
@@ -68,7 +69,7 @@ def sandbox_detail(request, response: HttpResponse, template: str | None = None)
 )
 def sandbox_heartbeat(request, response: HttpResponse, payload: HeartbeatIn | None = None):
     no_store(response)
-    sandbox = own_sandbox(request, payload.template if payload is not None else None)
+    sandbox = own_sandbox(request, named_template(payload))
     counted = bool(payload and payload.interacted)
     if counted:
         services.sandbox_record_activity(sandbox=sandbox, source=ActivitySource.PAGE)
@@ -88,7 +89,7 @@ def sandbox_extend(request, response: HttpResponse, payload: ExtendIn | None = N
     no_store(response)
     minutes = payload.minutes if payload is not None else None
     sandbox = services.sandbox_extend(
-        sandbox=own_sandbox(request, payload.template if payload is not None else None),
+        sandbox=own_sandbox(request, named_template(payload)),
         minutes=minutes,
         actor=request.auth,
     )
@@ -167,7 +168,7 @@ def sandbox_app(request, response: HttpResponse, template: str | None = None):
     return Status(
         200,
         {
-            "template": {"slug": sandbox.template.slug, "name": sandbox.template.name},
+            "template": template_out(sandbox.template),
             "command": sandbox.template.start_command,
             "port": sandbox.template.ready_port,
             "running": status is not None,
@@ -200,6 +201,6 @@ def templates_list(request, response: HttpResponse):
                 }
                 for template in services.templates_offered()
             ],
-            "maxSandboxes": services.max_sandboxes(),
+            "maxSandboxes": settings.SANDBOX_MAX_PER_USER,
         },
     )

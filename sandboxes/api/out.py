@@ -18,7 +18,7 @@ def sandbox_out(sandbox: Sandbox) -> dict:
     return {
         "id": sandbox.remote_id or None,
         "name": sandbox.remote_name,
-        "template": {"slug": sandbox.template.slug, "name": sandbox.template.name},
+        "template": template_out(sandbox.template),
         "state": sandbox.state,
         "provider": sandbox.provider,
         "resources": {"cpu": sandbox.cpu, "memoryGb": sandbox.memory_gb, "diskGb": sandbox.disk_gb},
@@ -34,6 +34,11 @@ def sandbox_out(sandbox: Sandbox) -> dict:
         "idleWarningAt": _iso(services.idle_warning_at(sandbox)),
         "keepAwakeUntil": _iso(sandbox.keep_awake_until),
     }
+
+
+def template_out(template) -> dict:
+    """The API's ``template`` reference (:class:`TemplateRef`)."""
+    return {"slug": template.slug, "name": template.name}
 
 
 def access_out(request: HttpRequest, sandbox: Sandbox, access) -> dict:

@@ -82,7 +82,6 @@ from .rows import (
     LABEL_OWNER,
     SandboxLimit,
     managed_labels,
-    max_sandboxes,
     own_row,
     own_templates,
     owner_labels,
@@ -104,7 +103,6 @@ from .timeline import TimelineEntry, sandbox_timeline
 from .webhooks import webhook_secret_valid
 
 __all__ = [
-    "max_sandboxes",
     "own_templates",
     "template_named",
     "templates_offered",

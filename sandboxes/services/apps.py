@@ -67,6 +67,8 @@ def start_app(sandbox: Sandbox, provider: SandboxProvider) -> None:
 def app_status(*, sandbox: Sandbox) -> AppStatus | None:
     """The template's app in the running sandbox: its log's tail and whether its port is open.
     None when the sandbox does not run or could not be asked."""
+    if not sandbox.is_running or not sandbox.remote_id:
+        return None
     template = sandbox.template
     port = template.ready_port
     probe = f"bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null"
@@ -74,8 +76,6 @@ def app_status(*, sandbox: Sandbox) -> AppStatus | None:
         f"if command -v bash >/dev/null && {probe}; then echo {READY_MARK}; fi; "
         f"echo {LOG_MARK}; tail -c {SHOWN_LOG_BYTES} ~/{APP_LOG} 2>/dev/null"
     )
-    if not sandbox.is_running or not sandbox.remote_id:
-        return None
     try:
         result = provider_for(sandbox).execute(sandbox.remote_id, script, timeout=10)
     except ProviderError as exc:

@@ -41,12 +41,13 @@ def sandbox_reset(*, sandbox: Sandbox, user, confirm: str, template=None) -> Lau
     the sandbox's name, typed by the owner (``SandboxError("confirmation_mismatch")``, 400,
     otherwise, and nothing is done). The row, the owner's preferences and the audit log stay."""
     template = template or sandbox.template
-    if template.pk != sandbox.template_id:
+    changing = template.pk != sandbox.template_id
+    if changing:
         if Sandbox.objects.filter(user=user, template=template).exists():
             raise SandboxError(
                 "template_taken", f"You have a {template.name} sandbox already: open that one.", status=409
             )
-        check_offered(template)
+        check_offered(template, provider_name=sandbox.provider)
     if confirm.strip() != sandbox.remote_name:
         raise SandboxError(
             "confirmation_mismatch",
@@ -55,7 +56,7 @@ def sandbox_reset(*, sandbox: Sandbox, user, confirm: str, template=None) -> Lau
         )
     sandbox_delete(sandbox=sandbox, actor_type=Actor.USER, actor=user, reason="reset by its owner")
     changes = {"keep_awake_until": None, "stop_warning_sent_for": None}
-    if template.pk != sandbox.template_id:
+    if changing:
         changes.update(
             template=template,
             remote_name=remote_name_for(user, template),
@@ -68,7 +69,7 @@ def sandbox_reset(*, sandbox: Sandbox, user, confirm: str, template=None) -> Lau
         AuditEvent.Action.RESET,
         actor_type=Actor.USER,
         actor=user,
-        **({"template": template.slug} if template.pk != sandbox.template_id else {}),
+        **({"template": template.slug} if changing else {}),
     )
     sandbox_changed(sandbox)
     return sandbox_launch(user=user, template=template)

@@ -93,7 +93,8 @@ def sandbox_launch(*, user, template=None, now: datetime | None = None) -> Launc
     try:
         _check_launch_rate(user)
         template = template or Template.objects.default()
-        check_offered(template)
+        existing = Sandbox.objects.filter(user=user, template=template).only("provider").first()
+        check_offered(template, provider_name=existing.provider if existing else settings.SANDBOX_PROVIDER)
         row = sandbox_get_or_create_row(user=user, template=template)
         try:
             with locked_for_action(row) as sandbox:
@@ -113,9 +114,8 @@ def sandbox_launch(*, user, template=None, now: datetime | None = None) -> Launc
     return launch
 
 
-def check_offered(template) -> None:
-    """Refuse a template that may not be launched here now (see :func:`sandbox_launch`)."""
-    provider_name = settings.SANDBOX_PROVIDER
+def check_offered(template, *, provider_name: str) -> None:
+    """Refuse a template that may not be launched on that provider now (see :func:`sandbox_launch`)."""
     if template.enabled and (template.is_default or template.built_for(provider_name)):
         return
     build = template.builds.filter(provider=provider_name, version=template.version).first()
@@ -256,7 +256,7 @@ def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
     (the default template's fallback). The row takes the resources it gets."""
     template = sandbox.template
     sandbox.labels = sandbox_labels(user, template)
-    built = template.built_for(sandbox.provider)
+    built = _built_version(sandbox)
     if built:
         sandbox.cpu, sandbox.memory_gb, sandbox.disk_gb = template.cpu, template.memory_gb, template.disk_gb
     else:
@@ -273,9 +273,16 @@ def _spec_for(sandbox: Sandbox, user) -> SandboxSpec:
         disk_gb=sandbox.disk_gb,
         image=settings.SANDBOX_IMAGE,
         snapshot=settings.SANDBOX_SNAPSHOT,
-        template=template.artifact_name if built else "",
+        template=built,
         auto_stop_minutes=backstop_minutes(sandbox),
     )
+
+
+def _built_version(sandbox: Sandbox) -> str:
+    """The prebuilt version of the sandbox's template on its provider (its artifact name), or ""
+    while there is none (the default template then uses the deployment's image)."""
+    template = sandbox.template
+    return template.artifact_name if template.built_for(sandbox.provider) else ""
 
 
 def _create(sandbox: Sandbox, provider: SandboxProvider, user, deadline: float) -> RemoteSandbox:
@@ -338,7 +345,7 @@ def _recover_or_replace(sandbox, provider, remote, user, deadline) -> RemoteSand
         return recovered
     reason = "unrecoverable error, replaced"
     if remote.build_failed:
-        image = _spec_for(sandbox, user).template or settings.SANDBOX_SNAPSHOT or settings.SANDBOX_IMAGE
+        image = _built_version(sandbox) or settings.SANDBOX_SNAPSHOT or settings.SANDBOX_IMAGE
         if sandbox.build_retried_for == image:
             apply_remote(sandbox, remote, timezone.now())
             raise SandboxError(

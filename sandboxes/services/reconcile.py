@@ -284,7 +284,9 @@ def _orphan_plans(
     for remote in orphans:
         key = remote.labels.get(LABEL_OWNER, "")
         user = users.get(key)
-        row = rows.get((key, remote.labels.get(LABEL_TEMPLATE) or default_slug))
+        # One key per (owner, template), sandboxes from before templates being Node.js ones.
+        owned = (key, remote.labels.get(LABEL_TEMPLATE) or default_slug)
+        row = rows.get(owned)
         why = ""
         if user is None:
             why = "its owner label names no user"
@@ -292,12 +294,12 @@ def _orphan_plans(
             why = "its labels do not match this deployment"
         elif row is not None and row.remote_id:
             why = f"the owner already has sandbox {row.remote_id}"
-        elif (key, remote.labels.get(LABEL_TEMPLATE)) in adopting:
+        elif owned in adopting:
             why = "the owner has another orphan of this template adopted in this pass"
         elif any(name == remote.name and owner != user.pk for name, owner in names_taken):
             why = "its name is another user's sandbox name"
         if not why:
-            adopting.add((key, remote.labels.get(LABEL_TEMPLATE)))
+            adopting.add(owned)
             if row is None:
                 row = new_row_for(user, provider_name, remote)
             plans.append(_Plan(row=row, remote=remote, stuck=False, seen=_seen(row), adopt=True))

@@ -168,16 +168,12 @@ def own_templates(user) -> list[str]:
     return list(Sandbox.objects.filter(user=user).values_list("template__slug", flat=True))
 
 
-def max_sandboxes() -> int:
-    return settings.SANDBOX_MAX_PER_USER
-
-
 def templates_offered() -> list:
     """The templates the portal offers on the deployment's provider, in the page's order: those
     built and enabled, and the default always (it falls back to the deployment's image)."""
     offered = Template.objects.offered(settings.SANDBOX_PROVIDER)
     default = Template.objects.default()
-    if default is not None and default not in offered:
+    if default not in offered:
         offered = [default, *offered]
     return sorted(offered, key=lambda template: (template.position, template.name))
 
